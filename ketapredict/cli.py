@@ -1,0 +1,194 @@
+"""`ketapredict`: the command line of the service (DESIGN "Interfaces").
+
+Exit codes: 0 success, 2 invalid input (every problem listed on stderr), 1 anything else.
+The CLI is the I/O edge: it reads and writes files and talks to MLflow and BentoML; the
+functions it calls are pure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+EXIT_OK, EXIT_ERROR, EXIT_INVALID = 0, 1, 2
+DEFAULT_MODEL_URI = "models:/ketamine-aud-response@champion"
+DEMO_N, DEMO_SEED = 3000, 7
+
+# Quiet, offline-friendly defaults for the libraries the commands load.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from features.simulate import simulate_cohort, write_cohort
+
+    frame = simulate_cohort(args.n, args.seed)
+    write_cohort(frame, args.out)
+    rate = frame["response_6m"].mean()
+    print(f"wrote {len(frame)} synthetic patients to {args.out} (response rate {rate:.1%})")
+    return EXIT_OK
+
+
+def _load_training_table(path: Path):
+    from features.validation import validate_table
+    from ketapredict.tables import read_table
+
+    raw = read_table(path)
+    validated = validate_table(raw, training=True)
+    truth = raw["true_probability"] if "true_probability" in raw.columns else None
+    return validated, truth
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ketapredict.tables import file_sha256
+    from training import tracking
+    from training.config import TrainConfig
+    from training.train import summary_lines, train
+
+    validated, truth = _load_training_table(args.data)
+    for w in validated.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    cfg = TrainConfig(seed=args.seed) if args.seed is not None else TrainConfig()
+    synthetic = truth is not None
+    result = train(
+        validated.frame, cfg, name=tracking.REGISTERED_MODEL, truth=truth, synthetic=synthetic
+    )
+    tracking.configure(args.experiment)
+    heldout = validated.frame.iloc[result.test_idx].reset_index(drop=True)
+    logged = tracking.log_training(
+        result,
+        cfg,
+        data_path=args.data,
+        data_hash=file_sha256(args.data),
+        heldout=heldout,
+        table_warnings=validated.warnings,
+    )
+    print(f"run id: {logged.run_id}")
+    print(f"registered: {tracking.REGISTERED_MODEL} version {logged.version}")
+    for line in summary_lines(result):
+        print(line)
+    v = logged.verdict
+    print(f"gate: version {logged.version} -> {v['alias']} ({v['reason']})")
+    return EXIT_OK
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from features.validation import validate_table
+    from ketapredict.tables import read_table, write_table
+    from serving.results import batch_table
+    from training import tracking
+
+    validated = validate_table(read_table(args.data))
+    for w in validated.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    tracking.configure_uri_only()
+    predictor = tracking.load_predictor(args.model)
+    predictor.metadata["version"] = tracking.version_of(args.model)
+    table = batch_table(predictor, validated.frame)
+    write_table(table, args.out)
+    print(
+        f"scored {len(table)} patients with {predictor.metadata['name']} version "
+        f"{predictor.metadata['version']} -> {args.out}"
+    )
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from serving.bento_store import import_alias
+    from training import tracking
+
+    tracking.configure_uri_only()
+    tag = import_alias("champion")
+    env = {**os.environ, "KETAPREDICT_MODEL_TAG": str(tag)}
+    print(f"serving {tag} on http://{args.host}:{args.port}")
+    print(f"  curl -s http://{args.host}:{args.port}/v1/model")
+    print(
+        f"  curl -s -X POST http://{args.host}:{args.port}/v1/predict "
+        "-H 'content-type: application/json' -d @examples/predict-request.json"
+    )
+    sys.stdout.flush()
+    bentoml = str(Path(sys.executable).with_name("bentoml"))
+    cmd = [
+        bentoml,
+        "serve",
+        "serving.service:KetaPredict",
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
+    os.chdir(Path(__file__).resolve().parent.parent)
+    os.execve(bentoml, cmd, env)
+    return EXIT_ERROR  # pragma: no cover - execve does not return
+
+
+def _demo(args: argparse.Namespace) -> int:
+    data = Path("data") / "demo_cohort.csv"
+    steps: Sequence[tuple[Callable[[argparse.Namespace], int], argparse.Namespace]] = (
+        (_simulate, argparse.Namespace(n=DEMO_N, seed=DEMO_SEED, out=data)),
+        (_train, argparse.Namespace(data=data, experiment=args.experiment, seed=None)),
+    )
+    for step, step_args in steps:
+        if (code := step(step_args)) != EXIT_OK:
+            return code
+    return _serve(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ketapredict", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("simulate", help="write a synthetic cohort (CSV or Parquet)")
+    s.add_argument("--n", type=int, required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(func=_simulate)
+
+    t = sub.add_parser("train", help="validate, train, evaluate, log to MLflow, register, gate")
+    t.add_argument("--data", type=Path, required=True)
+    t.add_argument("--experiment", default="ketamine-aud-response")
+    t.add_argument("--seed", type=int, default=None, help="override the configured seed")
+    t.set_defaults(func=_train)
+
+    r = sub.add_parser("predict", help="score a table with the champion (or --model URI)")
+    r.add_argument("--data", type=Path, required=True)
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--model", default=DEFAULT_MODEL_URI)
+    r.set_defaults(func=_predict)
+
+    for name, helptext, func in (
+        ("serve", "start the BentoML service on the champion", _serve),
+        ("demo", "simulate, train and serve", _demo),
+    ):
+        v = sub.add_parser(name, help=helptext)
+        v.add_argument("--port", type=int, default=3000)
+        v.add_argument("--host", default="127.0.0.1")
+        if name == "demo":
+            v.add_argument("--experiment", default="ketamine-aud-response")
+        v.set_defaults(func=func)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from features.validation import InvalidInput
+
+    try:
+        return args.func(args)
+    except InvalidInput as exc:
+        print(f"invalid input: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem.describe()}", file=sys.stderr)
+        return EXIT_INVALID
+    except Exception as exc:  # the edge: one line, no traceback, no patient data
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""The served model: transformer + estimator + calibrator + explainer + reference statistics.
+
+One directory holds everything prediction needs (DESIGN decision 2); the MLflow pyfunc, the
+BentoML service and the batch CLI all load it through `Predictor.load`, so a patient scored
+by any of them gets the same numbers.
+
+Calibration (DESIGN decision 3): calibrated logit = a·margin + b. The explanation of the
+margin (TreeSHAP or linear terms) is scaled by `a`, so in calibrated log-odds
+`base_log_odds + Σ contributions == logit` exactly.
+
+Uncertainty: the training run refits the chosen pipeline (estimator + its own recalibration on
+out-of-bag patients) on bootstrap resamples. The spread of their logits for this patient is
+the estimation uncertainty; the interval is logit ± 1.96·SD mapped to probabilities, so it
+always contains the served probability.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.special import expit
+
+from features import transform as tf
+from serving.scorers import Scorer, load_scorer
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+Z_95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class Calibrator:
+    """Logistic recalibration of the margin: calibrated logit = slope·margin + intercept."""
+
+    slope: float
+    intercept: float
+
+    def __call__(self, margin: np.ndarray) -> np.ndarray:
+        return self.slope * margin + self.intercept
+
+
+@dataclass(frozen=True)
+class Member:
+    """One bootstrap refit of the pipeline, with its own out-of-bag recalibration."""
+
+    scorer: Scorer
+    calibrator: Calibrator
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Vectorised prediction for a batch: everything but eligibility and warnings."""
+
+    logit: np.ndarray
+    probability: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    base_log_odds: np.ndarray
+    contributions: np.ndarray  # (n, n_factors), calibrated log-odds, order tf.FACTOR_NAMES
+    values: pd.DataFrame  # the value shown beside each factor
+
+
+@dataclass
+class Predictor:
+    """The complete served model. `metadata` carries name, version, metrics and the card."""
+
+    scorer: Scorer
+    calibrator: Calibrator
+    members: tuple[Member, ...]
+    reference: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._factor_matrix = tf.factor_matrix()
+
+    # ---------------------------------------------------------------- prediction
+    def score(self, frame: pd.DataFrame) -> Scores:
+        """Calibrated probability, interval and factor contributions for a canonical frame."""
+        X = tf.transform(frame).to_numpy(dtype=float)
+        phi, base = self.scorer.contributions(X)
+        margin = phi.sum(axis=1) + base
+        logit = self.calibrator(margin)
+        a, b = self.calibrator.slope, self.calibrator.intercept
+        contrib = (a * phi) @ self._factor_matrix
+        sd = self._member_sd(X)
+        return Scores(
+            logit=logit,
+            probability=expit(logit),
+            lower=expit(logit - Z_95 * sd),
+            upper=expit(logit + Z_95 * sd),
+            base_log_odds=a * base + b,
+            contributions=contrib,
+            values=tf.factor_values(frame),
+        )
+
+    def _member_sd(self, X: np.ndarray) -> np.ndarray:
+        if len(self.members) < 2:
+            return np.zeros(X.shape[0])
+        logits = np.vstack([m.calibrator(m.scorer.margin(X)) for m in self.members])
+        return logits.std(axis=0, ddof=1)
+
+    # ---------------------------------------------------------------- persistence
+    def save(self, path: Path) -> None:
+        """Write the artifact directory (plain text files only)."""
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "estimator.txt").write_text(self.scorer.dumps())
+        members = []
+        for i, m in enumerate(self.members):
+            name = f"bootstrap/{i:03d}.txt"
+            (path / "bootstrap").mkdir(exist_ok=True)
+            (path / name).write_text(m.scorer.dumps())
+            members.append(
+                {"file": name, "slope": m.calibrator.slope, "intercept": m.calibrator.intercept}
+            )
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "transform_version": tf.TRANSFORM_VERSION,
+            "feature_names": list(tf.FEATURE_NAMES),
+            "estimator": {"kind": self.scorer.kind, "file": "estimator.txt"},
+            "calibrator": {"slope": self.calibrator.slope, "intercept": self.calibrator.intercept},
+            "members": {"kind": self.scorer.kind, "files": members},
+            "reference": self.reference,
+            "metadata": self.metadata,
+        }
+        (path / MANIFEST).write_text(json.dumps(manifest, indent=1, default=_json_default))
+
+    @classmethod
+    def load(cls, path: Path) -> Predictor:
+        """Load and check an artifact directory; any inconsistency is a corrupt model."""
+        path = Path(path)
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"no model manifest at {manifest_path}")
+        m = json.loads(manifest_path.read_text())
+        if m.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"model format {m.get('format_version')} is not {FORMAT_VERSION}")
+        if m["transform_version"] != tf.TRANSFORM_VERSION or m["feature_names"] != list(
+            tf.FEATURE_NAMES
+        ):
+            raise ValueError("model was trained with a different feature transformer")
+        kind = m["estimator"]["kind"]
+        scorer = load_scorer(kind, (path / m["estimator"]["file"]).read_text())
+        members = tuple(
+            Member(
+                load_scorer(m["members"]["kind"], (path / e["file"]).read_text()),
+                Calibrator(e["slope"], e["intercept"]),
+            )
+            for e in m["members"]["files"]
+        )
+        return cls(
+            scorer=scorer,
+            calibrator=Calibrator(**m["calibrator"]),
+            members=members,
+            reference=m["reference"],
+            metadata=m["metadata"],
+        )
+
+
+def _json_default(o: object) -> object:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,56 @@
+"""Training settings: one typed, frozen object, so a run logs its parameters as used."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+def _c_grid() -> tuple[float, ...]:
+    return tuple(float(c) for c in np.logspace(-3, 1, 9))
+
+
+@dataclass(frozen=True)
+class LightGBMConfig:
+    """Small-data LightGBM settings (reference/mlops.md §4 and LightGBM's over-fitting advice).
+
+    `grid` varies the two settings that matter most at a few hundred to a few thousand
+    patients; the number of boosting rounds is chosen by early stopping on CV log-loss.
+    """
+
+    learning_rate: float = 0.03
+    max_rounds: int = 1500
+    early_stopping_rounds: int = 60
+    max_bin: int = 63
+    lambda_l2: float = 5.0
+    feature_fraction: float = 0.8
+    bagging_fraction: float = 0.8
+    grid: tuple[tuple[int, float], ...] = ((4, 0.03), (8, 0.03), (8, 0.08))
+    """(num_leaves, min_data_in_leaf as a fraction of the rows) pairs."""
+    num_threads: int = 2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run decides before it looks at the data."""
+
+    seed: int = 20261127
+    test_fraction: float = 0.25
+    outer_folds: int = 5
+    inner_folds: int = 3
+    logistic_c_grid: tuple[float, ...] = field(default_factory=_c_grid)
+    lightgbm: LightGBMConfig = field(default_factory=LightGBMConfig)
+    candidates: tuple[str, ...] = ("logistic", "lightgbm")
+    n_bootstrap: int = 30
+    auroc_ci_resamples: int = 1000
+
+    def as_params(self) -> dict[str, str]:
+        """Flat string parameters for MLflow (which stores params as text)."""
+        flat: dict[str, str] = {}
+        for key, value in asdict(self).items():
+            if isinstance(value, dict):
+                flat.update({f"{key}.{k}": str(v) for k, v in value.items()})
+            else:
+                flat[key] = str(value)
+        return flat
