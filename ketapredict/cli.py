@@ -22,6 +22,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -80,15 +81,14 @@ def _train(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from features.validation import validate_table
     from ketapredict.tables import read_table, write_table
+    from serving import registry
     from serving.results import batch_table
-    from training import tracking
 
     validated = validate_table(read_table(args.data))
     for w in validated.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    tracking.configure_uri_only()
-    predictor = tracking.load_predictor(args.model)
-    predictor.metadata["version"] = tracking.version_of(args.model)
+    registry.configure_uri_only()
+    predictor = registry.load_predictor(args.model)
     table = batch_table(predictor, validated.frame)
     write_table(table, args.out)
     print(
@@ -99,10 +99,10 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from serving import registry
     from serving.bento_store import import_alias
-    from training import tracking
 
-    tracking.configure_uri_only()
+    registry.configure_uri_only()
     tag = import_alias("champion")
     env = {**os.environ, "KETAPREDICT_MODEL_TAG": str(tag)}
     print(f"serving {tag} on http://{args.host}:{args.port}")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from features.validation import reader_dtypes
+
 SUFFIXES = (".csv", ".parquet")
 
 
@@ -22,9 +24,12 @@ def _check_suffix(path: Path) -> str:
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """The table as pandas infers it; the schema's validation decides what is acceptable."""
+    """The table as pandas infers it, text fields kept as text (so "007" stays "007").
+
+    The schema's validation then decides what is acceptable; nothing is coerced here.
+    """
     if _check_suffix(path) == ".csv":
-        return pd.read_csv(path, keep_default_na=True, na_values=[""])
+        return pd.read_csv(path, dtype=reader_dtypes())
     return pd.read_parquet(path)
 
 

@@ -15,7 +15,7 @@ from bentoml.exceptions import NotFound
 from mlflow import MlflowClient
 
 from serving.predictor import Predictor
-from training.tracking import REGISTERED_MODEL
+from serving.registry import REGISTERED_MODEL
 
 BENTO_MODEL = REGISTERED_MODEL
 

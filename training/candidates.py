@@ -15,6 +15,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from features.transform import FEATURE_NAMES
 from serving.scorers import LinearScorer, Scorer, TreeScorer
 from training.config import LightGBMConfig, TrainConfig
 
@@ -88,7 +89,17 @@ def _lgb_params(cfg: LightGBMConfig, leaves: int, min_frac: float, n: int, seed:
         "force_row_wise": True,
         "num_threads": cfg.num_threads,
         "verbosity": -1,
+        "monotone_constraints": _monotone_vector(cfg),
     }
+
+
+def _monotone_vector(cfg: LightGBMConfig) -> list[int]:
+    """One entry per model column (all numeric, so LightGBM cannot abort on a category)."""
+    wanted = dict(cfg.monotone)
+    unknown = set(wanted) - set(FEATURE_NAMES)
+    if unknown:
+        raise ValueError(f"monotone constraint on unknown features: {sorted(unknown)}")
+    return [wanted.get(name, 0) for name in FEATURE_NAMES]
 
 
 def tune_lightgbm(X: np.ndarray, y: np.ndarray, cfg: TrainConfig, seed: int) -> Hyper:

@@ -29,6 +29,11 @@ class LightGBMConfig:
     grid: tuple[tuple[int, float], ...] = ((4, 0.03), (8, 0.03), (8, 0.08))
     """(num_leaves, min_data_in_leaf as a fraction of the rows) pairs."""
     num_threads: int = 2
+    monotone: tuple[tuple[str, int], ...] = (("hdd_90d", -1), ("drinks_per_drinking_day", -1))
+    """Directions the model may not contradict, holding the rest fixed: more heavy drinking
+    never predicts more response. Baseline consumption is the most consistent predictor of a
+    worse outcome (clinical.md §3, Adamson 2009); a tree that learned the opposite from noise
+    in a few hundred patients would be wrong and would cost clinicians' trust."""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ import warnings
 
 import numpy as np
 import statsmodels.api as sm
-from scipy import stats
 from scipy.special import logit
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
@@ -19,28 +18,25 @@ _EPS = 1e-12
 
 
 def auroc_ci(
-    y: np.ndarray,
-    p: np.ndarray,
-    *,
-    resamples: int = 1000,
-    seed: int = 0,
+    y: np.ndarray, p: np.ndarray, *, resamples: int = 1000, seed: int = 0
 ) -> tuple[float, float, float]:
-    """AUROC and a percentile bootstrap 95% CI (patients resampled with their predictions)."""
+    """AUROC and a percentile bootstrap 95% CI (patients resampled with their predictions).
+
+    Resamples that happen to contain one class only have no AUROC and are skipped, which
+    matters for the small cohorts this product must handle (60 patients and up).
+    """
     auc = float(roc_auc_score(y, p))
-
-    def stat(yy: np.ndarray, pp: np.ndarray) -> float:
-        return float(roc_auc_score(yy, pp)) if 0 < yy.sum() < len(yy) else np.nan
-
-    res = stats.bootstrap(
-        (y, p),
-        stat,
-        paired=True,
-        vectorized=False,
-        n_resamples=resamples,
-        method="percentile",
-        random_state=seed,
-    )
-    lo, hi = res.confidence_interval
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    stats_: list[float] = []
+    for _ in range(resamples):
+        idx = rng.integers(0, n, n)
+        yy = y[idx]
+        if 0 < yy.sum() < n:
+            stats_.append(float(roc_auc_score(yy, p[idx])))
+    if not stats_:
+        return auc, float("nan"), float("nan")
+    lo, hi = np.percentile(stats_, [2.5, 97.5])
     return auc, float(lo), float(hi)
 
 

@@ -8,41 +8,38 @@ predictor (DESIGN decisions 2 and 5).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata as pkg_metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 from sklearn.metrics import brier_score_loss
 
 from serving.predictor import Predictor
+from serving.registry import (
+    CHALLENGER,
+    CHAMPION,
+    REGISTERED_MODEL,
+    default_tracking_uri,
+    load_predictor,
+    registry_version,
+)
+from training.card import card_markdown
 from training.config import TrainConfig
-from training.train import TrainResult
 
-REGISTERED_MODEL = "ketamine-aud-response"
-CHAMPION, CHALLENGER = "champion", "challenger"
+if TYPE_CHECKING:
+    from training.train import TrainResult
+
 DEFAULT_EXPERIMENT = "ketamine-aud-response"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 MODEL_CODE = PACKAGE_ROOT / "serving" / "mlflow_model.py"
 _RUNTIME_PACKAGES = ("lightgbm", "numpy", "pandas", "scipy", "mlflow", "pydantic")
-
-
-def default_tracking_uri(root: Path | None = None) -> str:
-    """`MLFLOW_TRACKING_URI` when set, else SQLite under ./mlruns with an absolute path."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    store = (root or Path.cwd()) / "mlruns"
-    store.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(store / 'mlflow.db').resolve()}"
 
 
 def configure(experiment: str = DEFAULT_EXPERIMENT, root: Path | None = None) -> str:
@@ -61,26 +58,6 @@ def configure(experiment: str = DEFAULT_EXPERIMENT, root: Path | None = None) ->
         mlflow.create_experiment(experiment, artifact_location=location)
     mlflow.set_experiment(experiment)
     return uri
-
-
-def configure_uri_only(root: Path | None = None) -> str:
-    """Point tracking and registry at the store without touching experiments (read paths)."""
-    uri = default_tracking_uri(root)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return uri
-
-
-def version_of(model_uri: str) -> str:
-    """Registry version behind `models:/name@alias` or `models:/name/N`; "" for other URIs."""
-    if not model_uri.startswith("models:/"):
-        return ""
-    ref = model_uri.removeprefix("models:/")
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
-    parts = ref.split("/")
-    return parts[1] if len(parts) == 2 and parts[1].isdigit() else ""
 
 
 def git_commit() -> str:
@@ -140,7 +117,10 @@ def log_training(
         )
         if table_warnings:
             mlflow.log_dict({"warnings": list(table_warnings)}, "data/validation_warnings.json")
-        info = _log_model(result.predictor, heldout)
+        card = result.predictor.metadata["model_card"]
+        mlflow.log_dict(card, "model_card/model_card.json")
+        mlflow.log_text(card_markdown(card), "model_card/model_card.md")
+        info = _log_model(result.predictor)
         mv = mlflow.register_model(info.model_uri, REGISTERED_MODEL)
         verdict = apply_gate(str(mv.version), result, heldout)
         mlflow.log_dict(verdict, "gate/verdict.json")
@@ -148,7 +128,8 @@ def log_training(
     return Logged(run.info.run_id, info.model_uri, str(mv.version), verdict)
 
 
-def _log_model(predictor: Predictor, heldout: pd.DataFrame) -> Any:
+def _log_model(predictor: Predictor) -> Any:
+    """Log the pyfunc; no input example, since an example row would copy patient data."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "predictor"
         predictor.save(path)
@@ -159,20 +140,6 @@ def _log_model(predictor: Predictor, heldout: pd.DataFrame) -> Any:
             code_paths=[str(PACKAGE_ROOT / "features"), str(PACKAGE_ROOT / "serving")],
             pip_requirements=_requirements(),
         )
-
-
-def load_predictor(model_uri: str) -> Predictor:
-    """Load the predictor from any MLflow model URI (registry alias, version or run)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
-        return Predictor.load(Path(local) / "artifacts" / "predictor")
-
-
-def registry_version(alias: str = CHAMPION) -> str | None:
-    try:
-        return str(MlflowClient().get_model_version_by_alias(REGISTERED_MODEL, alias).version)
-    except MlflowException:
-        return None
 
 
 def apply_gate(version: str, result: TrainResult, heldout: pd.DataFrame) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +19,7 @@ from features import transform as tf
 from features.schema import OUTCOME
 from serving.predictor import Predictor
 from training import pipeline, plots
+from training.card import build_card
 from training.config import TrainConfig
 from training.metrics import evaluate
 from training.reference import reference_stats
@@ -86,6 +86,7 @@ def train(
     for kind, loss in selection.mean_log_loss.items():
         metrics[f"cv_log_loss_{kind}"] = loss
     predictor.metadata["metrics"] = {k: v for k, v in metrics.items() if np.isfinite(v)}
+    predictor.metadata["model_card"] = build_card(predictor.metadata, metrics)
 
     labels = [f.label for f in tf.FACTORS]
     figures = {
@@ -124,7 +125,3 @@ def summary_lines(result: TrainResult) -> list[str]:
             f"(gap {m['auroc_gap_to_truth']:+.3f})"
         )
     return lines
-
-
-def metadata_for_card(result: TrainResult) -> dict[str, Any]:
-    return dict(result.predictor.metadata)

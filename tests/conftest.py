@@ -1,0 +1,138 @@
+"""Shared fixtures: real MLflow stores and real BentoML servers in temporary directories."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+CLI = str(BIN / "ketapredict")
+ARTIFACTS = ROOT / "test-artifacts"
+
+# No test talks to a tracking server or telemetry endpoint it did not start itself.
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.update(
+    BENTOML_DO_NOT_TRACK="true",
+    MLFLOW_DISABLE_TELEMETRY="true",
+    DO_NOT_TRACK="true",
+    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
+)
+
+
+def run_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run `ketapredict` as a user would, in `cwd` (so ./mlruns is the test's own store)."""
+    return subprocess.run(
+        [CLI, *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Workspace:
+    path: Path
+    cohort: Path
+    new_patients: Path
+    train_stdout: str
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """A simulated cohort trained into a fresh embedded MLflow store, via the real CLI."""
+    path = tmp_path_factory.mktemp("workspace")
+    cohort, new = path / "cohort.csv", path / "new.parquet"
+    for args in (
+        ("--n", "1200", "--seed", "3", "--out", str(cohort)),
+        ("--n", "40", "--seed", "4", "--out", str(new)),
+    ):
+        done = run_cli("simulate", *args, cwd=path)
+        assert done.returncode == 0, done.stderr
+    done = run_cli("train", "--data", str(cohort), cwd=path)
+    assert done.returncode == 0, done.stderr
+    return Workspace(path, cohort, new, done.stdout)
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+def start_server(
+    workspace: Path, bentoml_home: Path, port: int, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    with log.open("wb") as fh:
+        return subprocess.Popen(
+            [CLI, "serve", "--port", str(port)],
+            cwd=workspace,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "BENTOML_HOME": str(bentoml_home), **(env or {})},
+            start_new_session=True,
+        )
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"server not ready after {timeout} s:\n{log.read_text()}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def server(workspace: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The real BentoML service on the champion, as `ketapredict serve` starts it."""
+    home = tmp_path_factory.mktemp("bentoml")
+    port = free_port()
+    log = workspace.path / "serve.log"
+    process = start_server(workspace.path, home, port, log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, log)
+        yield Server(url, process, log)
+    finally:
+        stop(process)
+        ARTIFACTS.mkdir(exist_ok=True)
+        shutil.copy(log, ARTIFACTS / "serve.log")

@@ -1,0 +1,159 @@
+"""End to end: simulate -> train into a temporary MLflow store -> real server over HTTP -> CLI."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.records import to_records
+from features.validation import validate_table
+from ketapredict.tables import read_table
+from tests.conftest import Server, Workspace, run_cli
+
+pytestmark = pytest.mark.e2e
+
+
+def _records(workspace: Workspace) -> list[dict]:
+    return to_records(validate_table(read_table(workspace.new_patients)).frame)
+
+
+def test_train_prints_run_version_metrics_and_verdict(workspace: Workspace) -> None:
+    out = workspace.train_stdout
+    assert "run id: " in out
+    assert "registered: ketamine-aud-response version 1" in out
+    assert "held-out AUROC" in out and "slope" in out
+    assert "gate: version 1 -> champion (no champion yet)" in out
+
+
+def test_predict_over_http_matches_batch_cli(workspace: Workspace, server: Server) -> None:
+    records = _records(workspace)
+    r = httpx.post(f"{server.url}/v1/predict", json={"patients": records}, timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["synthetic_data"] is True and "synthetic" in body["notice"]
+    http = {p["patient_id"]: p for p in body["predictions"]}
+
+    out = workspace.path / "scored.csv"
+    done = run_cli(
+        "predict", "--data", str(workspace.new_patients), "--out", str(out), cwd=workspace.path
+    )
+    assert done.returncode == 0, done.stderr
+    table = pd.read_csv(out)
+    assert list(table["patient_id"]) == [r["patient_id"] for r in records]
+    for _, row in table.iterrows():
+        p = http[row["patient_id"]]
+        assert row["probability"] == pytest.approx(p["probability"], abs=1e-12)
+        assert row["probability_lower"] == pytest.approx(p["probability_interval"][0], abs=1e-12)
+        assert row["factor_1"] == p["contributions"][0]["label"]
+        assert row["factor_1_shap"] == pytest.approx(p["contributions"][0]["shap"], abs=1e-12)
+        assert row["eligibility"] == p["eligibility"]["status"]
+        assert json.loads(row["warnings"]) == p["warnings"]
+        assert str(row["model_version"]) == p["model"]["version"] == "1"
+
+
+def test_each_prediction_is_complete_and_additive(workspace: Workspace, server: Server) -> None:
+    r = httpx.post(f"{server.url}/v1/predict", json={"patients": _records(workspace)[:10]})
+    for p in r.json()["predictions"]:
+        lo, hi = p["probability_interval"]
+        assert 0 < lo <= p["probability"] <= hi < 1
+        assert p["risk_band"] in {"low", "moderate", "high"}
+        shaps = [c["shap"] for c in p["contributions"]]
+        assert abs(p["base_log_odds"] + sum(shaps) - p["logit"]) < 1e-6
+        assert np.all(np.diff(np.abs(shaps)) <= 1e-15), "sorted by magnitude"
+        assert p["probability"] == pytest.approx(1 / (1 + np.exp(-p["logit"])))
+        assert all(c["label"] and "unit" in c for c in p["contributions"])
+        assert p["eligibility"]["status"] in {"eligible", "caution", "contraindicated", "unknown"}
+        assert p["model"] == {"name": "ketamine-aud-response", "version": "1"}
+
+
+def test_contraindication_and_missing_inputs_are_reported(
+    workspace: Workspace, server: Server
+) -> None:
+    record = dict(_records(workspace)[0])
+    record.update(systolic_bp_mmhg=190, diastolic_bp_mmhg=100, psychosis_history=True)
+    for key in ("il6_pg_ml", "hscrp_mg_l", "tnfa_pg_ml"):
+        record.pop(key, None)
+    p = httpx.post(f"{server.url}/v1/predict", json={"patients": [record]}).json()
+    p = p["predictions"][0]
+    assert p["eligibility"]["status"] == "contraindicated"
+    rules = {r["rule"] for r in p["eligibility"]["reasons"]}
+    assert len(rules) >= 2
+    assert all(r["source"] for r in p["eligibility"]["reasons"])
+    missing = [w for w in p["warnings"] if w["code"] == "missing_input"]
+    assert any("il6_pg_ml" in w["fields"] for w in missing)
+
+
+def test_invalid_input_lists_every_problem_never_500(workspace: Workspace, server: Server) -> None:
+    good = _records(workspace)[0]
+    bad = [
+        {**good, "hdd_90d": 120},
+        {**good, "patient_id": "B-2", "sex": "unknown", "hdd_days": 3},
+        {**good, "patient_id": "B-3", "age_years": "forty"},
+    ]
+    r = httpx.post(f"{server.url}/v1/predict", json={"patients": bad})
+    assert r.status_code == 400
+    locs = {tuple(d["loc"][:3]) for d in r.json()["detail"]}
+    assert ("patients", 0, "hdd_90d") in locs
+    assert ("patients", 1, "sex") in locs
+    assert ("patients", 1, "hdd_days") in locs
+    assert ("patients", 2, "age_years") in locs
+    for payload in (
+        b"{not json",
+        b'{"patients": []}',
+        b'{"patients": {}}',
+        b"[]",
+        json.dumps({"patients": [good] * 1001}).encode(),
+        json.dumps({"patients": [good, good]}).encode(),
+    ):
+        r = httpx.post(
+            f"{server.url}/v1/predict",
+            content=payload,
+            headers={"content-type": "application/json"},
+            timeout=30,
+        )
+        assert 400 <= r.status_code < 500, (payload[:40], r.status_code, r.text[:200])
+    assert good["patient_id"] not in server.log.read_text()
+
+
+def test_model_health_and_metrics_routes(server: Server) -> None:
+    m = httpx.get(f"{server.url}/v1/model").json()
+    assert m["name"] == "ketamine-aud-response" and m["version"] == "1"
+    assert m["synthetic_data"] is True and "synthetic" in m["notice"].lower()
+    assert {"auroc", "brier", "calibration_slope"} <= set(m["metrics"])
+    assert m["model_card"]["training_data"]["synthetic"] is True
+    for route in ("/healthz", "/readyz", "/livez"):
+        assert httpx.get(f"{server.url}{route}").status_code == 200
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert "bentoml_service_request_total" in metrics
+    assert "/v1/predict" in httpx.get(f"{server.url}/docs.json").text
+
+
+def test_predict_cli_rejects_a_bad_row_without_writing(workspace: Workspace) -> None:
+    frame = read_table(workspace.new_patients)
+    frame.loc[3, "hdd_90d"] = 95
+    frame.loc[7, "sex"] = "M"
+    bad = workspace.path / "bad.csv"
+    frame.to_csv(bad, index=False)
+    out = workspace.path / "never.csv"
+    done = run_cli("predict", "--data", str(bad), "--out", str(out), cwd=workspace.path)
+    assert done.returncode == 2
+    assert "hdd_90d" in done.stderr and "sex" in done.stderr
+    assert not out.exists()
+    assert frame.loc[3, "patient_id"] not in done.stderr
+
+
+def test_second_version_is_gated_against_the_champion(workspace: Workspace) -> None:
+    done = run_cli("train", "--data", str(workspace.cohort), "--seed", "11", cwd=workspace.path)
+    assert done.returncode == 0, done.stderr
+    assert "registered: ketamine-aud-response version 2" in done.stdout
+    verdict = next(line for line in done.stdout.splitlines() if line.startswith("gate:"))
+    assert verdict.endswith(
+        (
+            "-> champion (beats the champion on the same held-out data)",
+            "-> challenger (does not beat the champion)",
+        )
+    )

@@ -1,0 +1,76 @@
+"""The predictor artifact: calibrated additivity, intervals, save/load, refusal of corrupt models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.special import expit
+
+from features.simulate import simulate_cohort
+from features.validation import validate_table
+from serving.predictor import Predictor
+from training.config import LightGBMConfig, TrainConfig
+from training.train import train
+
+FAST = TrainConfig(outer_folds=2, inner_folds=2, n_bootstrap=8, auroc_ci_resamples=100,
+                   logistic_c_grid=(0.01, 0.1, 1.0),
+                   lightgbm=LightGBMConfig(grid=((4, 0.05),), max_rounds=300))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    frame = validate_table(simulate_cohort(500, seed=8), training=True).frame
+    return frame, train(frame, FAST, name="ketamine-aud-response", synthetic=True)
+
+
+def test_contributions_in_calibrated_log_odds_sum_to_the_served_logit(trained) -> None:
+    frame, result = trained
+    s = result.predictor.score(frame)
+    np.testing.assert_allclose(s.base_log_odds + s.contributions.sum(axis=1), s.logit,
+                               atol=1e-6)
+    np.testing.assert_allclose(s.probability, expit(s.logit))
+
+
+def test_interval_contains_the_probability(trained) -> None:
+    frame, result = trained
+    s = result.predictor.score(frame)
+    assert np.all(s.lower <= s.probability) and np.all(s.probability <= s.upper)
+    assert np.all(s.upper - s.lower > 0)
+
+
+def test_save_load_round_trip_is_exact(trained, tmp_path: Path) -> None:
+    frame, result = trained
+    result.predictor.save(tmp_path / "p")
+    again = Predictor.load(tmp_path / "p")
+    a, b = result.predictor.score(frame), again.score(frame)
+    np.testing.assert_array_equal(a.probability, b.probability)
+    np.testing.assert_array_equal(a.upper, b.upper)
+    assert again.metadata["model_card"]["training_data"]["synthetic"] is True
+
+
+def test_corrupt_or_mismatched_artifacts_are_refused(trained, tmp_path: Path) -> None:
+    _, result = trained
+    path = tmp_path / "p"
+    result.predictor.save(path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["feature_names"] = manifest["feature_names"][:-1]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="different feature transformer"):
+        Predictor.load(path)
+    with pytest.raises(FileNotFoundError):
+        Predictor.load(tmp_path / "missing")
+
+
+def test_training_metrics_and_card(trained) -> None:
+    _, result = trained
+    m = result.metrics
+    assert 0.5 < m["auroc"] < 1 and m["auroc_ci_low"] <= m["auroc"] <= m["auroc_ci_high"]
+    assert set(result.selection.outer_log_loss) == {"logistic", "lightgbm"}
+    assert result.selection.chosen in {"logistic", "lightgbm"}
+    assert len(np.intersect1d(result.train_idx, result.test_idx)) == 0
+    card = result.predictor.metadata["model_card"]
+    assert card["performance_heldout"]["auroc"][0] == m["auroc"]
+    assert "synthetic" in card["training_data"]["warning"]
