@@ -17,8 +17,13 @@ from serving.results import explain
 from training.config import LightGBMConfig, TrainConfig
 from training.train import train
 
-CFG = TrainConfig(outer_folds=3, inner_folds=3, n_bootstrap=5, auroc_ci_resamples=100,
-                  lightgbm=LightGBMConfig(max_rounds=600))
+CFG = TrainConfig(
+    outer_folds=3,
+    inner_folds=3,
+    n_bootstrap=5,
+    auroc_ci_resamples=100,
+    lightgbm=LightGBMConfig(max_rounds=600),
+)
 
 
 @pytest.fixture(scope="module", params=["logistic", "lightgbm"])
@@ -47,7 +52,8 @@ def test_more_heavy_drinking_days_never_raise_predicted_response(model) -> None:
 def test_current_depression_lowers_predicted_response(model) -> None:
     predictor, probe = model
     assert _mean_probability(predictor, probe, current_mdd=1.0) < _mean_probability(
-        predictor, probe, current_mdd=0.0)
+        predictor, probe, current_mdd=0.0
+    )
 
 
 def test_identity_fields_do_not_change_the_prediction(model) -> None:
@@ -69,6 +75,8 @@ def test_safety_fields_change_eligibility_not_probability(model) -> None:
 def test_one_patient_alone_scores_as_in_a_batch(model) -> None:
     predictor, probe = model
     batch = predictor.score(probe).probability
-    alone = [predictor.score(probe.iloc[[i]].reset_index(drop=True)).probability[0]
-             for i in range(0, 400, 40)]
+    alone = [
+        predictor.score(probe.iloc[[i]].reset_index(drop=True)).probability[0]
+        for i in range(0, 400, 40)
+    ]
     np.testing.assert_allclose(alone, batch[::40], rtol=0, atol=1e-12)

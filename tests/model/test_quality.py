@@ -22,8 +22,9 @@ pytestmark = pytest.mark.slow
 
 def test_auroc_close_to_truth_and_calibration_slope_near_one(record_property) -> None:
     cohort = validate_table(simulate_cohort(4000, seed=101), training=True).frame
-    result = train(cohort, TrainConfig(test_fraction=0.25), name="ketamine-aud-response",
-                   synthetic=True)
+    result = train(
+        cohort, TrainConfig(test_fraction=0.25), name="ketamine-aud-response", synthetic=True
+    )
     assert len(result.train_idx) == 3000
     fresh_raw = simulate_cohort(20_000, seed=202)
     fresh = validate_table(fresh_raw, training=True).frame
@@ -32,9 +33,11 @@ def test_auroc_close_to_truth_and_calibration_slope_near_one(record_property) ->
     auc = roc_auc_score(y, p)
     truth = roc_auc_score(y, fresh_raw["true_probability"].to_numpy())
     citl, slope = calibration_intercept_slope(y, p)
-    report = (f"chosen {result.selection.chosen}: AUROC {auc:.3f} vs truth {truth:.3f} "
-              f"(gap {truth - auc:.3f}); slope {slope:.3f}; intercept {citl:+.3f}; "
-              f"internal held-out AUROC {result.metrics['auroc']:.3f}")
+    report = (
+        f"chosen {result.selection.chosen}: AUROC {auc:.3f} vs truth {truth:.3f} "
+        f"(gap {truth - auc:.3f}); slope {slope:.3f}; intercept {citl:+.3f}; "
+        f"internal held-out AUROC {result.metrics['auroc']:.3f}"
+    )
     print(report)
     record_property("quality", report)
     assert truth - auc <= 0.03, report

@@ -1,4 +1,4 @@
-"""The predictor artifact: calibrated additivity, intervals, save/load, refusal of corrupt models."""
+"""The predictor artifact: calibrated additivity, intervals, save/load, corrupt models."""
 
 from __future__ import annotations
 
@@ -15,9 +15,14 @@ from serving.predictor import Predictor
 from training.config import LightGBMConfig, TrainConfig
 from training.train import train
 
-FAST = TrainConfig(outer_folds=2, inner_folds=2, n_bootstrap=8, auroc_ci_resamples=100,
-                   logistic_c_grid=(0.01, 0.1, 1.0),
-                   lightgbm=LightGBMConfig(grid=((4, 0.05),), max_rounds=300))
+FAST = TrainConfig(
+    outer_folds=2,
+    inner_folds=2,
+    n_bootstrap=8,
+    auroc_ci_resamples=100,
+    logistic_c_grid=(0.01, 0.1, 1.0),
+    lightgbm=LightGBMConfig(grid=((4, 0.05),), max_rounds=300),
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +34,7 @@ def trained():
 def test_contributions_in_calibrated_log_odds_sum_to_the_served_logit(trained) -> None:
     frame, result = trained
     s = result.predictor.score(frame)
-    np.testing.assert_allclose(s.base_log_odds + s.contributions.sum(axis=1), s.logit,
-                               atol=1e-6)
+    np.testing.assert_allclose(s.base_log_odds + s.contributions.sum(axis=1), s.logit, atol=1e-6)
     np.testing.assert_allclose(s.probability, expit(s.logit))
 
 

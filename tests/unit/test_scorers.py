@@ -48,8 +48,9 @@ def test_tree_contributions_equal_shap_tree_explainer(tree: TreeScorer, data) ->
     assert float(np.ravel(explainer.expected_value)[0]) == pytest.approx(base[0], abs=1e-9)
 
 
-def test_linear_contributions_sum_to_margin_and_centre_on_reference(linear: LinearScorer,
-                                                                    data) -> None:
+def test_linear_contributions_sum_to_margin_and_centre_on_reference(
+    linear: LinearScorer, data
+) -> None:
     X, _ = data
     phi, base = linear.contributions(X)
     np.testing.assert_allclose(phi.sum(axis=1) + base, linear.margin(X), atol=1e-9)

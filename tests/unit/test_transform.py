@@ -12,9 +12,18 @@ from features.schema import INPUT_FIELDS
 
 def _frame(**overrides: object) -> pd.DataFrame:
     row: dict[str, object] = {f.name: np.nan for f in INPUT_FIELDS}
-    row.update(patient_id="T-1", site_id=None, sex="female", psychotherapy=None,
-               concurrent_medication=None, age_years=50.0, aud_onset_age_years=20.0,
-               ast_u_l=80.0, alt_u_l=40.0, ggt_u_l=np.e - 1)
+    row.update(
+        patient_id="T-1",
+        site_id=None,
+        sex="female",
+        psychotherapy=None,
+        concurrent_medication=None,
+        age_years=50.0,
+        aud_onset_age_years=20.0,
+        ast_u_l=80.0,
+        alt_u_l=40.0,
+        ggt_u_l=np.e - 1,
+    )
     row.update(overrides)
     frame = pd.DataFrame([row])
     for f in INPUT_FIELDS:
