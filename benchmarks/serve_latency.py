@@ -4,7 +4,7 @@ Single patient, predict + explain: `POST /v1/predict` on the real BentoML server
 on 127.0.0.1, persistent keep-alive client) against the same call in-process
 (`validate_records` + `explain`, the floor), the in-process call wrapped in the API's pydantic
 request/response models, and a bare HTTP round trip to `/healthz`. The four calls are
-interleaved patient by patient, so machine noise lands on all of them alike.
+interleaved patient by patient in rotating order, so machine noise lands on all of them alike.
 
 Batch: wall time of `ketapredict predict` with explanations (process start, imports, model load,
 CSV read, scoring, CSV write) against in-process `validate_table` + `batch_table` on the same
@@ -20,11 +20,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib.util
 import json
 import math
 import os
 import platform
-import re
 import shutil
 import signal
 import socket
@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +70,6 @@ QUIET_ENV = {
     "NO_PROXY": "127.0.0.1,localhost",
     "no_proxy": "127.0.0.1,localhost",
 }
-#: Server-side request duration from BentoML's Prometheus endpoint (sum and count).
-_METRIC = re.compile(
-    r'^bentoml_service_request_duration_seconds_(sum|count)\{[^}]*endpoint="/v1/predict"'
-    r'[^}]*http_response_code="200"[^}]*\}\s+(\S+)$',
-    re.MULTILINE,
-)
 #: What BentoML validates a `/v1/predict` body into before calling the service method.
 RequestModel = create_model("RequestModel", patients=(PatientBatch, ...))
 
@@ -237,14 +231,6 @@ def via_api_models(predictor: Predictor, body: bytes) -> str:
     return response.model_dump_json()
 
 
-def server_duration(client: httpx.Client) -> tuple[float, float] | None:
-    """(sum of seconds, count) of successful `/v1/predict` requests as BentoML measured them."""
-    found = dict(_METRIC.findall(client.get("/metrics").text))
-    if set(found) != {"sum", "count"}:
-        return None
-    return float(found["sum"]), float(found["count"])
-
-
 def check_same(http: dict[str, Any], local: dict[str, Any]) -> None:
     """The server and the in-process call must answer the same numbers for the same patient."""
     if http["patient_id"] != local["patient_id"] or not math.isclose(
@@ -259,45 +245,36 @@ def check_same(http: dict[str, Any], local: dict[str, Any]) -> None:
 def measure_single(
     client: httpx.Client, predictor: Predictor, records: list[dict[str, Any]]
 ) -> dict[str, Any]:
+    """Per patient, the four calls in an order that rotates each round.
+
+    Rotation spreads position effects evenly: a call that follows a wait (this process idles
+    while the server works, and the server while this process works) measured slower than the
+    same call right after other work, presumably colder caches.
+    """
     bodies = [json.dumps({"patients": [r]}).encode() for r in records]
     headers = {"content-type": "application/json"}
-
-    def http_call(body: bytes) -> httpx.Response:
-        return client.post("/v1/predict", content=body, headers=headers)
-
-    def local_call(record: dict[str, Any]) -> list[dict[str, Any]]:
-        return explain(predictor, validate_records([record]).frame)
-
+    calls: dict[str, Callable[[int], Any]] = {
+        "http": lambda k: client.post("/v1/predict", content=bodies[k], headers=headers),
+        "in_process": lambda k: explain(predictor, validate_records([records[k]]).frame),
+        "api_models": lambda k: via_api_models(predictor, bodies[k]),
+        "healthz": lambda k: client.get("/healthz"),
+    }
+    names = list(calls)
     for i in range(WARMUP_CALLS):
-        k = i % len(records)
-        http_call(bodies[k]).raise_for_status()
-        local_call(records[k])
-        via_api_models(predictor, bodies[k])
-        client.get("/healthz").raise_for_status()
-
-    samples: dict[str, list[int]] = {"http": [], "in_process": [], "api_models": [], "healthz": []}
-    before = server_duration(client)
+        for name in names:
+            calls[name](i % len(records))
+    samples: dict[str, list[int]] = {name: [] for name in names}
     gc.collect()
-    for record, body in zip(records, bodies, strict=True):
-        t0 = time.perf_counter_ns()
-        response = http_call(body)
-        t1 = time.perf_counter_ns()
-        local = local_call(record)
-        t2 = time.perf_counter_ns()
-        via_api_models(predictor, body)
-        t3 = time.perf_counter_ns()
-        health = client.get("/healthz")
-        t4 = time.perf_counter_ns()
-        for name, ns in zip(samples, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
-            samples[name].append(ns)
-        response.raise_for_status()
-        health.raise_for_status()
-        check_same(response.json()["predictions"][0], local[0])
-    after = server_duration(client)
-    out: dict[str, Any] = {name: summary_ms(s) for name, s in samples.items()}
-    if before is not None and after is not None and after[1] > before[1]:
-        out["server_side_mean_ms"] = (after[0] - before[0]) / (after[1] - before[1]) * 1e3
-    return out
+    for k in range(len(records)):
+        answers = {}
+        for name in names[k % 4 :] + names[: k % 4]:
+            start = time.perf_counter_ns()
+            answers[name] = calls[name](k)
+            samples[name].append(time.perf_counter_ns() - start)
+        answers["healthz"].raise_for_status()
+        answers["http"].raise_for_status()
+        check_same(answers["http"].json()["predictions"][0], answers["in_process"][0])
+    return {name: summary_ms(s) for name, s in samples.items()}
 
 
 def measure_batch(workdir: Path, predictor: Predictor, n: int) -> dict[str, Any]:
@@ -342,7 +319,28 @@ def ratio(a: float, b: float) -> str:
 
 
 def report(results: dict[str, Any]) -> str:
-    s, b, m = results["single_patient"], results["batch"], results["model"]
+    env, m = results["environment"], results["model"]
+    lines = [
+        f"ketapredict serving benchmark: one run on {env['cpus']} CPU(s), Python {env['python']}; "
+        f"model {m['name']} version {m['version']} ({m['estimator']}, "
+        f"{m['bootstrap_members']} bootstrap members)",
+        "",
+        *single_lines(results["single_patient"]),
+        "",
+        *batch_lines(results),
+    ]
+    if not env["bytecode_cached"]:
+        lines += [
+            "",
+            "note: the venv holds no compiled bytecode and this process may not write any, so "
+            "every new process",
+            "      compiles its imports from source; the CLI and start-up figures include that "
+            "(`make setup` compiles it).",
+        ]
+    return "\n".join(lines)
+
+
+def single_lines(s: dict[str, Any]) -> list[str]:
     http, floor, api, health = s["http"], s["in_process"], s["api_models"], s["healthz"]
     rows = [
         ("HTTP POST /v1/predict (keep-alive)", http),
@@ -352,47 +350,41 @@ def report(results: dict[str, Any]) -> str:
     ]
     width = max(len(name) for name, _ in rows)
     lines = [
-        f"ketapredict serving benchmark: one run on {results['environment']['cpus']} CPU(s), "
-        f"Python {results['environment']['python']}",
-        f"model {m['name']} version {m['version']} ({m['estimator']}, "
-        f"{m['bootstrap_members']} bootstrap members)",
-        "",
-        f"Single patient, predict + explain: {http['n']} requests, {http['n']} distinct patients, "
-        f"{WARMUP_CALLS} warm-up rounds, the four calls interleaved",
+        f"Single patient, predict + explain: {http['n']} requests, each a different patient, "
+        f"after {WARMUP_CALLS} warm-up rounds; the four calls interleaved, order rotating",
         f"  {'':{width}}  {'p50':>9} {'p99':>9} {'mean':>9}",
-    ]
-    for name, r in rows:
-        lines.append(
+        *(
             f"  {name:{width}}  {r['p50_ms']:6.2f} ms {r['p99_ms']:6.2f} ms {r['mean_ms']:6.2f} ms"
-        )
-    overhead = http["p50_ms"] - floor["p50_ms"]
-    pydantic_ms = api["p50_ms"] - floor["p50_ms"]
-    rest = overhead - pydantic_ms - health["p50_ms"]
-    lines += [
+            for name, r in rows
+        ),
         "",
         *(
             f"  HTTP {k} {http[f'{k}_ms']:.2f} ms = {ratio(http[f'{k}_ms'], floor[f'{k}_ms'])} "
             f"in-process {k} {floor[f'{k}_ms']:.2f} ms"
             for k in ("p50", "p99", "mean")
         ),
-        f"  HTTP overhead over /healthz p50 = +{http['p50_ms'] - health['p50_ms']:.2f} ms "
-        f"(/healthz p50 {health['p50_ms']:.2f} ms = {ratio(health['p50_ms'], http['p50_ms'])} "
-        "HTTP p50)",
-        f"  serving overhead, HTTP p50 - in-process p50 = +{overhead:.2f} ms "
-        f"({ratio(overhead, http['p50_ms'])} HTTP p50): bare round trip "
-        f"{health['p50_ms']:.2f} ms, pydantic models + JSON {pydantic_ms:+.2f} ms, "
-        f"the rest (BentoML dispatch) {rest:+.2f} ms (differences of medians)",
     ]
-    if "server_side_mean_ms" in s:
-        inside = s["server_side_mean_ms"]
-        lines.append(
-            f"  server-side mean (BentoML /metrics) {inside:.2f} ms = "
-            f"{ratio(inside, http['mean_ms'])} client-side HTTP mean {http['mean_ms']:.2f} ms"
-        )
-    n = b["patients"]
+    overhead = http["p50_ms"] - floor["p50_ms"]
+    pydantic_ms = api["p50_ms"] - floor["p50_ms"]
+    rest = overhead - pydantic_ms - health["p50_ms"]
     lines += [
-        "",
-        f"Batch, `ketapredict predict` with explanations: {n:,} patients",
+        f"  HTTP overhead over /healthz p50 = +{http['p50_ms'] - health['p50_ms']:.2f} ms; "
+        f"/healthz p50 {health['p50_ms']:.2f} ms = {ratio(health['p50_ms'], http['p50_ms'])} "
+        "HTTP p50",
+        f"  HTTP p50 - in-process p50 = +{overhead:.2f} ms "
+        f"({ratio(overhead, http['p50_ms'])} HTTP p50), as differences of medians:",
+        f"    bare round trip {health['p50_ms']:.2f} ms, pydantic request/response models "
+        f"{pydantic_ms:+.2f} ms, the rest (BentoML dispatch) {rest:+.2f} ms",
+    ]
+    return lines
+
+
+def batch_lines(results: dict[str, Any]) -> list[str]:
+    b = results["batch"]
+    per_patient_ms = 1e3 / b["in_process_patients_per_s"]
+    single_ms = results["single_patient"]["in_process"]["p50_ms"]
+    lines = [
+        f"Batch, `ketapredict predict` with explanations: {b['patients']:,} patients",
         f"  CLI (process start, imports, model load, read, score, write) {b['cli_wall_s']:7.2f} s "
         f"{b['cli_patients_per_s']:9,.0f} patients/s",
         f"  CLI on one patient (its fixed cost)                          "
@@ -411,14 +403,27 @@ def report(results: dict[str, Any]) -> str:
             f"{ratio(marginal, b['in_process_patients_per_s'])} in-process"
         )
     startup = results["server_startup_s"]
-    lines.append(
+    lines += [
+        f"  in-process single-patient p50 {single_ms:.2f} ms = "
+        f"{ratio(single_ms, per_patient_ms)} the per-patient cost in batch {per_patient_ms:.3f} ms",
         f"  serve start-up to /readyz {startup:.1f} s = "
-        f"{ratio(startup, b['cli_one_patient_wall_s'])} the one-patient CLI run"
-    )
-    return "\n".join(lines)
+        f"{ratio(startup, b['cli_one_patient_wall_s'])} the one-patient CLI run",
+    ]
+    return lines
 
 
 # --------------------------------------------------------------------------------- main
+
+
+def bytecode_cached() -> bool:
+    """Whether the heavy imports have compiled bytecode (else each process compiles them)."""
+    for package in ("pandas", "mlflow", "lightgbm", "bentoml"):
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            continue
+        if not Path(importlib.util.cache_from_source(spec.origin)).is_file():
+            return False
+    return True
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -461,6 +466,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
+            "bytecode_cached": bytecode_cached(),
         },
         "config": {
             "n_train": args.n_train,
