@@ -89,6 +89,15 @@ def select_candidate(X: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> Selectio
     return Selection(chosen, losses)
 
 
+def develop(X: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> tuple[Selection, Fitted]:
+    """The whole development pipeline: choose a candidate by nested CV, then fit it on all of X.
+
+    Internal validation repeats exactly this function inside each of its resamples.
+    """
+    selection = select_candidate(X, y, cfg)
+    return selection, fit_pipeline(selection.chosen, X, y, cfg, cfg.seed)
+
+
 def bootstrap_members(
     kind: str,
     hyper: Hyper,

@@ -56,8 +56,7 @@ def train(
     y = frame[OUTCOME].to_numpy(dtype=int)
     X_tr, y_tr = X[train_idx], y[train_idx]
 
-    selection = pipeline.select_candidate(X_tr, y_tr, cfg)
-    fitted = pipeline.fit_pipeline(selection.chosen, X_tr, y_tr, cfg, cfg.seed)
+    selection, fitted = pipeline.develop(X_tr, y_tr, cfg)
     members = pipeline.bootstrap_members(fitted.kind, fitted.hyper, X_tr, y_tr, cfg)
     train_frame = frame.iloc[train_idx].reset_index(drop=True)
     test_frame = frame.iloc[test_idx].reset_index(drop=True)
