@@ -488,8 +488,13 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     }
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the `finally` that stops the server
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     temporary = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="ketapredict-bench-")) if temporary else args.workdir
     workdir = workdir.resolve()

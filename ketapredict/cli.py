@@ -127,6 +127,26 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_ERROR  # pragma: no cover - execve does not return
 
 
+def _promote(args: argparse.Namespace) -> int:
+    import getpass
+
+    from training import tracking
+    from training.promotion import PROMOTIONS_EXPERIMENT, promote
+
+    tracking.configure(PROMOTIONS_EXPERIMENT)
+    try:
+        record = promote(
+            args.version, args.reason, by=args.by or getpass.getuser(), alias=args.alias
+        )
+    except ValueError as exc:
+        print(f"invalid input: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    previous = record["previous_version"] or "none"
+    print(f"{record['alias']}: version {record['version']} (was {previous}), by {record['by']}")
+    print(f"reason recorded: {record['reason']}")
+    return EXIT_OK
+
+
 def _demo(args: argparse.Namespace) -> int:
     data = Path("data") / "demo_cohort.csv"
     steps: Sequence[tuple[Callable[[argparse.Namespace], int], argparse.Namespace]] = (
@@ -160,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--model", default=DEFAULT_MODEL_URI)
     r.set_defaults(func=_predict)
+
+    m = sub.add_parser("promote", help="move an alias to a version, with a recorded reason")
+    m.add_argument("version")
+    m.add_argument("--reason", required=True, help="why a person overrides the gate")
+    m.add_argument("--alias", default="champion", choices=("champion", "challenger"))
+    m.add_argument("--by", default=None, help="who decides (default: the login name)")
+    m.set_defaults(func=_promote)
 
     for name, helptext, func in (
         ("serve", "start the BentoML service on the champion", _serve),

@@ -74,6 +74,8 @@ class Predictor:
     members: tuple[Member, ...]
     reference: dict[str, Any]
     metadata: dict[str, Any] = field(default_factory=dict)
+    documents: dict[str, str] = field(default_factory=dict)
+    """Human-readable documents shipped with the model (model card, training report)."""
 
     def __post_init__(self) -> None:
         self._factor_matrix = tf.factor_matrix()
@@ -127,6 +129,10 @@ class Predictor:
             "reference": self.reference,
             "metadata": self.metadata,
         }
+        for name, text in self.documents.items():
+            (path / "documents").mkdir(exist_ok=True)
+            (path / "documents" / name).write_text(text)
+        manifest["documents"] = sorted(self.documents)
         (path / MANIFEST).write_text(json.dumps(manifest, indent=1, default=_json_default))
 
     @classmethod
@@ -158,6 +164,7 @@ class Predictor:
             members=members,
             reference=m["reference"],
             metadata=m["metadata"],
+            documents={n: (path / "documents" / n).read_text() for n in m.get("documents", [])},
         )
 
 

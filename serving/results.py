@@ -65,7 +65,8 @@ def explain(
     warnings = warnings_for(frame, predictor.reference)
     units = _factor_units()
     labels = [f.label for f in tf.FACTORS]
-    values = scores.values
+    values = scores.values.to_numpy(dtype=object)  # scalar access on a DataFrame is slow
+    ids = frame[ID_FIELD].to_numpy(dtype=object)
     model = model_info(predictor)
     out = []
     for i in range(len(frame)):
@@ -73,7 +74,7 @@ def explain(
         order = np.argsort(-np.abs(contrib), kind="stable")
         out.append(
             {
-                "patient_id": frame[ID_FIELD].iat[i],
+                "patient_id": ids[i],
                 "probability": float(scores.probability[i]),
                 "probability_interval": [float(scores.lower[i]), float(scores.upper[i])],
                 "risk_band": risk_band(float(scores.probability[i])),
@@ -83,7 +84,7 @@ def explain(
                     {
                         "feature": tf.FACTOR_NAMES[j],
                         "label": labels[j],
-                        "value": _json_value(tf.FACTOR_NAMES[j], values.iat[i, j]),
+                        "value": _json_value(tf.FACTOR_NAMES[j], values[i, j]),
                         "unit": units[tf.FACTOR_NAMES[j]],
                         "shap": float(contrib[j]),
                     }

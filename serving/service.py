@@ -12,7 +12,8 @@ import os
 from typing import Any
 
 import bentoml
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from features.validation import validate_records
 from serving.api_models import PatientBatch, PredictResponse
@@ -78,3 +79,20 @@ class KetaPredict:
             "notice": self.notice,
             "model_card": meta.get("model_card", {}),
         }
+
+    @web.get("/v1/model/card")
+    def model_card(self, request: Request, format: str | None = None) -> Response:
+        """The model card: HTML training report for browsers, Markdown or JSON on request.
+
+        `?format=html|md|json` wins over the Accept header; JSON is the default for APIs.
+        """
+        docs = self.predictor.documents
+        accept = request.headers.get("accept", "")
+        fmt = format or ("html" if "text/html" in accept else "json")
+        if fmt == "html" and "report.html" in docs:
+            return HTMLResponse(docs["report.html"])
+        if fmt == "md" and "model_card.md" in docs:
+            return PlainTextResponse(docs["model_card.md"], media_type="text/markdown")
+        if fmt == "json":
+            return JSONResponse(self.predictor.metadata.get("model_card", {}))
+        raise HTTPException(status_code=404, detail=f"no {fmt} model card for this model")

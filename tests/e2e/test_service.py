@@ -157,3 +157,30 @@ def test_second_version_is_gated_against_the_champion(workspace: Workspace) -> N
             "-> challenger (does not beat the champion)",
         )
     )
+
+
+def test_promote_overrides_with_a_recorded_reason(workspace: Workspace) -> None:
+    short = run_cli("promote", "1", "--reason", "why", cwd=workspace.path)
+    assert short.returncode == 2 and "reason" in short.stderr
+    done = run_cli(
+        "promote",
+        "1",
+        "--reason",
+        "roll back after clinical review",
+        "--by",
+        "dr-test",
+        cwd=workspace.path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "champion: version 1" in done.stdout
+    check = run_cli(
+        "predict",
+        "--data",
+        str(workspace.new_patients),
+        "--out",
+        str(workspace.path / "after.csv"),
+        cwd=workspace.path,
+    )
+    assert check.returncode == 0 and "version 1" in check.stdout
+    missing = run_cli("promote", "99", "--reason", "there is no such version", cwd=workspace.path)
+    assert missing.returncode == 1
