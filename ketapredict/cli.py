@@ -160,6 +160,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from training.biomarkers_cli import add_parser as add_biomarkers_parser
+
     p = argparse.ArgumentParser(prog="ketapredict", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -180,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--model", default=DEFAULT_MODEL_URI)
     r.set_defaults(func=_predict)
+
+    add_biomarkers_parser(sub)
 
     m = sub.add_parser("promote", help="move an alias to a version, with a recorded reason")
     m.add_argument("version")

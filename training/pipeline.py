@@ -46,7 +46,7 @@ def fit_calibrator(margin: np.ndarray, y: np.ndarray) -> Calibrator:
     """Unpenalised logistic regression of the outcome on the margin (DESIGN decision 3)."""
     if len(np.unique(y)) < 2:
         return Calibrator(1.0, 0.0)
-    lr = LogisticRegression(penalty=None, max_iter=1000).fit(margin.reshape(-1, 1), y)
+    lr = LogisticRegression(C=np.inf, max_iter=1000).fit(margin.reshape(-1, 1), y)
     return Calibrator(float(lr.coef_[0, 0]), float(lr.intercept_[0]))
 
 
