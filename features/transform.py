@@ -13,6 +13,9 @@ Derived features, each with its reason:
   hs-CRP, IL-6, TNF-α, IL-1β): their effects act on a multiplicative scale, which a linear
   model only sees after the log; trees are unaffected by a monotone transform.
 - `ast_alt_ratio`: AST/ALT above 2 marks alcoholic liver disease (clinical.md §4, Gough 2015).
+- `log1p_hdd_90d` beside `hdd_90d`: heavy drinking days are a right-skewed count bounded by
+  90; on the log scale a linear model can express an effect that is steep among occasional
+  heavy drinkers and flattens among daily ones (explained under the `hdd_90d` factor).
 - `aud_duration_years`: age minus age at onset; chronicity is a recognised severity marker
   (Adamson 2009, clinical.md §3) that neither age nor onset carries alone.
 
@@ -30,7 +33,7 @@ import pandas as pd
 
 from features.schema import BY_NAME, PREDICTORS
 
-TRANSFORM_VERSION = "1"
+TRANSFORM_VERSION = "2"
 
 LOG_FIELDS: frozenset[str] = frozenset(
     {
@@ -81,6 +84,8 @@ def _columns() -> tuple[Column, ...]:
             cols.append(Column(f"log1p_{f.name}", f.name))
         else:
             cols.append(Column(f.name, f.name))
+            if f.name == "hdd_90d":
+                cols.append(Column("log1p_hdd_90d", f.name))
     cols.extend(Column(d.name, d.name) for d in DERIVED_FACTORS)
     return tuple(cols)
 
@@ -135,6 +140,8 @@ def transform(frame: pd.DataFrame) -> pd.DataFrame:
             out[f"log1p_{f.name}"] = np.log1p(col.to_numpy(dtype=float))
         else:
             out[f.name] = col.to_numpy(dtype=float)
+            if f.name == "hdd_90d":
+                out["log1p_hdd_90d"] = np.log1p(out[f.name])
     out.update({k: v.to_numpy(dtype=float) for k, v in _derived(frame).items()})
     return pd.DataFrame(out, index=frame.index, columns=list(FEATURE_NAMES))
 

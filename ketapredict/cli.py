@@ -42,7 +42,8 @@ def _load_training_table(path: Path):
     raw = read_table(path)
     validated = validate_table(raw, training=True)
     truth = raw["true_probability"] if "true_probability" in raw.columns else None
-    return validated, truth
+    ancestry = raw["ancestry"].astype(object) if "ancestry" in raw.columns else None
+    return validated, truth, ancestry
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -51,13 +52,18 @@ def _train(args: argparse.Namespace) -> int:
     from training.config import TrainConfig
     from training.train import summary_lines, train
 
-    validated, truth = _load_training_table(args.data)
+    validated, truth, ancestry = _load_training_table(args.data)
     for w in validated.warnings:
         print(f"warning: {w}", file=sys.stderr)
     cfg = TrainConfig(seed=args.seed) if args.seed is not None else TrainConfig()
     synthetic = truth is not None
     result = train(
-        validated.frame, cfg, name=tracking.REGISTERED_MODEL, truth=truth, synthetic=synthetic
+        validated.frame,
+        cfg,
+        name=tracking.REGISTERED_MODEL,
+        truth=truth,
+        ancestry=ancestry,
+        synthetic=synthetic,
     )
     tracking.configure(args.experiment)
     heldout = validated.frame.iloc[result.test_idx].reset_index(drop=True)
@@ -74,6 +80,8 @@ def _train(args: argparse.Namespace) -> int:
     for line in summary_lines(result):
         print(line)
     v = logged.verdict
+    for check in v["checks"]:
+        print(f"  {'pass' if check['passed'] else 'FAIL'} {check['name']}: {check['detail']}")
     print(f"gate: version {logged.version} -> {v['alias']} ({v['reason']})")
     return EXIT_OK
 

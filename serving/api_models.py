@@ -27,6 +27,7 @@ from pydantic import (
 
 from features.schema import INPUT_FIELDS
 from features.schema import Field as SchemaField
+from serving.uncertainty import METHOD_DESCRIPTION
 
 MAX_BATCH = 1000
 PATIENT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -120,6 +121,31 @@ class Warning(BaseModel):
     message: str
 
 
+class UnusualFeature(BaseModel):
+    feature: str
+    label: str
+    value: float | int | bool | str
+    unit: str
+    direction: Literal["high", "low"]
+    share_of_distance: float = Field(description="Share of the squared typicality distance.")
+
+
+class Applicability(BaseModel):
+    typical: bool = Field(
+        description="False beyond the 99th percentile of held-out development patients' "
+        "unusualness."
+    )
+    typicality_percentile: float = Field(
+        ge=0,
+        le=100,
+        description="Percent of held-out development patients at least as unusual.",
+    )
+    unusual_features: list[UnusualFeature]
+    outside_training_support: list[str]
+    unseen_missingness_pattern: bool
+    missing_groups: list[str]
+
+
 class ModelRef(BaseModel):
     name: str
     version: str
@@ -128,12 +154,13 @@ class ModelRef(BaseModel):
 class PatientPrediction(BaseModel):
     patient_id: str
     probability: float = Field(ge=0, le=1, description="Calibrated probability of response.")
-    probability_interval: tuple[float, float]
+    probability_interval: tuple[float, float] = Field(description=METHOD_DESCRIPTION)
     risk_band: Literal["low", "moderate", "high"]
     logit: float
     base_log_odds: float
     contributions: list[Contribution]
     eligibility: Eligibility
+    applicability: Applicability
     warnings: list[Warning]
     model: ModelRef
 

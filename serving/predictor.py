@@ -8,10 +8,13 @@ Calibration (DESIGN decision 3): calibrated logit = a·margin + b. The explanati
 margin (TreeSHAP or linear terms) is scaled by `a`, so in calibrated log-odds
 `base_log_odds + Σ contributions == logit` exactly.
 
-Uncertainty: the training run refits the chosen pipeline (estimator + its own recalibration on
-out-of-bag patients) on bootstrap resamples. The spread of their logits for this patient is
-the estimation uncertainty; the interval is logit ± 1.96·SD mapped to probabilities, so it
-always contains the served probability.
+Uncertainty (`serving.uncertainty`, chosen by the study in benchmarks/INTERVALS.md): the
+training run refits the chosen pipeline (estimator + its own recalibration on out-of-bag
+patients) on bootstrap resamples; the spread of their logits for this patient is the
+estimation uncertainty, to which the spread over plausible values of the patient's missing
+optional inputs is added in variance. The interval is logit ± 1.96·SD mapped to probabilities,
+so it always contains the served probability. Applicability (`serving.typicality`) says how
+unusual the patient is compared with held-out development patients.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ import pandas as pd
 from scipy.special import expit
 
 from features import transform as tf
+from serving import typicality as typ
+from serving import uncertainty as unc
 from serving.scorers import Scorer, load_scorer
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
-Z_95 = 1.959963984540054
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,8 @@ class Predictor:
     metadata: dict[str, Any] = field(default_factory=dict)
     documents: dict[str, str] = field(default_factory=dict)
     """Human-readable documents shipped with the model (model card, training report)."""
+    uncertainty: dict[str, Any] = field(default_factory=dict)
+    typicality: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._factor_matrix = tf.factor_matrix()
@@ -89,22 +95,35 @@ class Predictor:
         logit = self.calibrator(margin)
         a, b = self.calibrator.slope, self.calibrator.intercept
         contrib = (a * phi) @ self._factor_matrix
-        sd = self._member_sd(X)
+        missing_sd = (
+            unc.missing_input_sd(frame, self._logit_of, self.uncertainty)
+            if self.uncertainty
+            else None
+        )
+        lower, upper = unc.interval(
+            logit, self._member_logits(X), missing_sd, z=self.uncertainty.get("z", unc.Z_95)
+        )
         return Scores(
             logit=logit,
             probability=expit(logit),
-            lower=expit(logit - Z_95 * sd),
-            upper=expit(logit + Z_95 * sd),
+            lower=lower,
+            upper=upper,
             base_log_odds=a * base + b,
             contributions=contrib,
             values=tf.factor_values(frame),
         )
 
-    def _member_sd(self, X: np.ndarray) -> np.ndarray:
-        if len(self.members) < 2:
-            return np.zeros(X.shape[0])
-        logits = np.vstack([m.calibrator(m.scorer.margin(X)) for m in self.members])
-        return logits.std(axis=0, ddof=1)
+    def _logit_of(self, X: np.ndarray) -> np.ndarray:
+        return self.calibrator(self.scorer.margin(X))
+
+    def _member_logits(self, X: np.ndarray) -> np.ndarray:
+        if not self.members:
+            return np.empty((0, X.shape[0]))
+        return np.vstack([m.calibrator(m.scorer.margin(X)) for m in self.members])
+
+    def applicability(self, frame: pd.DataFrame) -> list[dict[str, Any]]:
+        """Per patient: how typical, what is outside the training data, unseen missingness."""
+        return typ.applicability(frame, self.reference, self.typicality)
 
     # ---------------------------------------------------------------- persistence
     def save(self, path: Path) -> None:
@@ -127,6 +146,8 @@ class Predictor:
             "calibrator": {"slope": self.calibrator.slope, "intercept": self.calibrator.intercept},
             "members": {"kind": self.scorer.kind, "files": members},
             "reference": self.reference,
+            "uncertainty": self.uncertainty,
+            "typicality": self.typicality,
             "metadata": self.metadata,
         }
         for name, text in self.documents.items():
@@ -149,6 +170,8 @@ class Predictor:
             tf.FEATURE_NAMES
         ):
             raise ValueError("model was trained with a different feature transformer")
+        unc.check_state(m["uncertainty"])
+        typ.check_state(m["typicality"])
         kind = m["estimator"]["kind"]
         scorer = load_scorer(kind, (path / m["estimator"]["file"]).read_text())
         members = tuple(
@@ -164,6 +187,8 @@ class Predictor:
             members=members,
             reference=m["reference"],
             metadata=m["metadata"],
+            uncertainty=m["uncertainty"],
+            typicality=m["typicality"],
             documents={n: (path / "documents" / n).read_text() for n in m.get("documents", [])},
         )
 

@@ -16,6 +16,7 @@ import pandas as pd
 from features import safety
 from features import transform as tf
 from features.schema import BY_NAME, ID_FIELD
+from serving import typicality as typ
 from serving.applicability import warnings_for
 from serving.predictor import Predictor, Scores
 
@@ -63,6 +64,7 @@ def explain(
     scores = scores or predictor.score(frame)
     eligibility = safety.assess_frame(frame)
     warnings = warnings_for(frame, predictor.reference)
+    blocks = predictor.applicability(frame)
     units = _factor_units()
     labels = [f.label for f in tf.FACTORS]
     values = scores.values.to_numpy(dtype=object)  # scalar access on a DataFrame is slow
@@ -91,7 +93,8 @@ def explain(
                     for j in order
                 ],
                 "eligibility": _eligibility_dict(eligibility[i]),
-                "warnings": warnings[i],
+                "applicability": blocks[i],
+                "warnings": warnings[i] + typ.warnings_from(blocks[i]),
                 "model": model,
             }
         )
@@ -127,6 +130,9 @@ def scores_frame(predictor: Predictor, frame: pd.DataFrame) -> pd.DataFrame:
             "base_log_odds": s.base_log_odds,
         }
     )
+    blocks = predictor.applicability(frame)
+    out["typical"] = [b["typical"] for b in blocks]
+    out["typicality_percentile"] = [b["typicality_percentile"] for b in blocks]
     shap_cols = pd.DataFrame(s.contributions, columns=[f"shap__{n}" for n in tf.FACTOR_NAMES])
     return pd.concat([out, shap_cols], axis=1)
 
@@ -147,6 +153,11 @@ def batch_table(predictor: Predictor, frame: pd.DataFrame, top: int = TOP_FACTOR
             row[f"factor_{k}"] = c["label"]
             row[f"factor_{k}_value"] = "" if c["value"] is None else str(c["value"])
             row[f"factor_{k}_shap"] = c["shap"]
+        a = r["applicability"]
+        row["typical"] = a["typical"]
+        row["typicality_percentile"] = a["typicality_percentile"]
+        row["unseen_missingness_pattern"] = a["unseen_missingness_pattern"]
+        row["applicability"] = json.dumps(a)
         row["eligibility"] = r["eligibility"]["status"]
         row["eligibility_reasons"] = json.dumps(r["eligibility"]["reasons"])
         row["warnings"] = json.dumps(r["warnings"])

@@ -94,5 +94,7 @@ class KetaPredict:
         if fmt == "md" and "model_card.md" in docs:
             return PlainTextResponse(docs["model_card.md"], media_type="text/markdown")
         if fmt == "json":
+            if "model_card.json" in docs:
+                return Response(docs["model_card.json"], media_type="application/json")
             return JSONResponse(self.predictor.metadata.get("model_card", {}))
         raise HTTPException(status_code=404, detail=f"no {fmt} model card for this model")

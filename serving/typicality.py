@@ -1,0 +1,257 @@
+"""Is this patient like the development patients? The applicability block (standards.md §8).
+
+Per-field range checks miss rare *combinations*: no heavy drinking days with an AUDIT of 40 and
+a PEth of 4000 ng/mL are each plausible, together they describe nobody the model learned from.
+The multivariate check here is a robust Mahalanobis distance in Gaussian-copula space:
+
+- each numeric predictor field is mapped to a normal score through its training empirical
+  CDF (stored as knots), which makes the distance rank-based (robust to outliers and to the
+  skew of the laboratory values) and copes with 0/1/2 genotypes and flags;
+- the correlation of those scores is estimated with pairwise deletion, so the 30-50% of
+  patients missing a whole block of biomarkers still inform it;
+- a patient is measured only on the fields they have: d² = z_Oᵀ R_OO⁻¹ z_O on the observed set
+  O, converted to a χ² tail on |O| degrees of freedom so patients with different numbers of
+  missing fields are comparable (`unusualness`, larger = more unusual).
+
+Why not `MinCovDet` on median-imputed columns: with block missingness the imputed median is a
+spike that the MCD subset collapses onto, and low-cardinality columns (genotypes) then have zero
+spread in it, so the covariance is singular and distances explode (checked on simulated
+cohorts; training/typicality.py). The cut-off and the "percent of development patients at
+least this unusual" come from held-out development patients, never from the rows the
+correlation was fitted on (training.typicality.fit_typicality).
+
+`applicability` also reports fields outside the training range and missingness patterns over
+data-dictionary groups that never occurred in training. Everything reads JSON state only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.special import ndtri
+from scipy.stats import chi2
+
+from features.schema import BY_NAME, GROUP_LABELS, PREDICTOR_GROUPS, PREDICTORS
+
+STATE_FORMAT = 1
+METHOD = "gaussian_copula_mahalanobis"
+#: At most this many features are named as making a patient unusual, and only those carrying at
+#: least MIN_SHARE of the squared distance: a clinician needs the two or three reasons, not 30.
+MAX_UNUSUAL = 4
+MIN_SHARE = 0.08
+_LN10 = math.log(10.0)
+
+
+def normal_scores(frame: pd.DataFrame, model: Mapping[str, Any]) -> np.ndarray:
+    """(n, p) normal scores of the model's columns; NaN where the value is missing.
+
+    Values beyond the training range get the score of the range's end: the range check reports
+    them, and a distance that grew without bound would hide every other reason.
+    """
+    n_train = float(model["n"])
+    lo, hi = 0.5 / n_train, 1.0 - 0.5 / n_train
+    values = frame[list(model["columns"])].astype(float).to_numpy()
+    out = np.full(values.shape, np.nan)
+    for j, name in enumerate(model["columns"]):
+        x = values[:, j]
+        knots = model["knots"][name]
+        cdf = np.interp(x, knots["x"], knots["cdf"])
+        out[:, j] = np.where(np.isnan(x), np.nan, ndtri(np.clip(cdf, lo, hi)))
+    return out
+
+
+def distances(z: np.ndarray, correlation: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Squared distance, per-column contributions (summing to it) and observed-field counts.
+
+    Rows are grouped by which columns they observe; each group needs one small inverse. The
+    contribution of column j is z_j·(R_OO⁻¹ z_O)_j: it can be negative when a value is *less*
+    surprising given the others, and the contributions add up exactly to d².
+    """
+    observed = ~np.isnan(z)
+    d2 = np.zeros(len(z))
+    contrib = np.zeros_like(z)
+    patterns, inverse = np.unique(observed, axis=0, return_inverse=True)
+    for g, pattern in enumerate(patterns):
+        rows = np.flatnonzero(inverse.ravel() == g)
+        cols = np.flatnonzero(pattern)
+        if len(cols) == 0:
+            continue
+        zo = z[np.ix_(rows, cols)]
+        solved = np.linalg.solve(correlation[np.ix_(cols, cols)], zo.T).T
+        contrib[np.ix_(rows, cols)] = zo * solved
+        d2[rows] = contrib[np.ix_(rows, cols)].sum(axis=1)
+    return d2, contrib, observed.sum(axis=1)
+
+
+def unusualness(frame: pd.DataFrame, model: Mapping[str, Any]) -> np.ndarray:
+    """-log10 of the χ² tail probability of each patient's distance (0 = at the centre)."""
+    z = normal_scores(frame, model)
+    d2, _, df = distances(z, np.asarray(model["correlation"], dtype=float))
+    return _tail_score(d2, df)
+
+
+def _tail_score(d2: np.ndarray, df: np.ndarray) -> np.ndarray:
+    safe_df = np.maximum(df, 1)
+    return np.where(df > 0, -chi2.logsf(d2, safe_df) / _LN10, 0.0)
+
+
+def percent_at_least(score: np.ndarray, heldout_quantiles: Sequence[float]) -> np.ndarray:
+    """Percent of held-out development patients whose unusualness is >= `score`."""
+    q = np.asarray(heldout_quantiles, dtype=float)
+    levels = np.linspace(0.0, 1.0, len(q))
+    below = np.interp(score, q, levels, left=0.0, right=1.0)
+    return 100.0 * (1.0 - below)
+
+
+def missing_groups(frame: pd.DataFrame) -> list[list[str]]:
+    """Per patient: predictor groups of the data dictionary with every field missing."""
+    missing = frame[[f.name for f in PREDICTORS]].isna().to_numpy()
+    groups = np.array([f.group for f in PREDICTORS])
+    out: list[list[str]] = [[] for _ in range(len(frame))]
+    for group in PREDICTOR_GROUPS:
+        for i in np.flatnonzero(missing[:, groups == group].all(axis=1)):
+            out[i].append(group)
+    return out
+
+
+def outside_support(row: Mapping[str, Any], reference: Mapping[str, Any]) -> list[str]:
+    """Fields whose value lies outside the training [min, max], or whose level never occurred."""
+    out = []
+    for f in PREDICTORS:
+        v, ref = row[f.name], reference["fields"].get(f.name, {})
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            continue
+        if f.kind == "category":
+            if "levels" in ref and v not in ref["levels"]:
+                out.append(f.name)
+        elif "min" not in ref or not ref["min"] <= float(v) <= ref["max"]:
+            out.append(f.name)
+    return out
+
+
+def _value(name: str, v: object) -> object:
+    kind = BY_NAME[name].kind
+    if kind == "boolean":
+        return bool(v)
+    if kind == "integer":
+        return int(v)  # type: ignore[call-overload]
+    return float(v)  # type: ignore[arg-type]
+
+
+def _unusual(row: Mapping[str, Any], columns: Sequence[str], z: np.ndarray, c: np.ndarray,
+             d2: float) -> list[dict[str, Any]]:  # fmt: skip
+    if d2 <= 0:
+        return []
+    order = np.argsort(-c, kind="stable")[:MAX_UNUSUAL]
+    return [
+        {
+            "feature": columns[j],
+            "label": BY_NAME[columns[j]].label,
+            "value": _value(columns[j], row[columns[j]]),
+            "unit": BY_NAME[columns[j]].unit_label,
+            "direction": "high" if z[j] > 0 else "low",
+            "share_of_distance": round(float(c[j] / d2), 3),
+        }
+        for j in order
+        if c[j] / d2 >= MIN_SHARE
+    ]
+
+
+def applicability(
+    frame: pd.DataFrame, reference: Mapping[str, Any], typicality_state: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """The applicability block of every patient of a canonical frame, in frame order.
+
+    `unusual_features` is filled only for an atypical patient (it explains the flag);
+    `typicality_percentile` is always given: the percent of held-out development patients at
+    least as unusual (small = rare; below 1 means beyond the cut-off for most states).
+    """
+    model = typicality_state["model"]
+    columns = list(model["columns"])
+    z = normal_scores(frame, model)
+    d2, contrib, df = distances(z, np.asarray(model["correlation"], dtype=float))
+    score = _tail_score(d2, df)
+    percent = percent_at_least(score, typicality_state["heldout"]["quantiles"])
+    seen = {tuple(p) for p in typicality_state["missingness_patterns"]}
+    groups = missing_groups(frame)
+    out = []
+    names = [f.name for f in PREDICTORS]
+    for i, values in enumerate(frame[names].to_numpy(dtype=object)):
+        row = dict(zip(names, values, strict=True))
+        typical = bool(score[i] <= typicality_state["cutoff"])
+        out.append(
+            {
+                "typical": typical,
+                "typicality_percentile": round(float(percent[i]), 2),
+                "unusual_features": []
+                if typical
+                else _unusual(row, columns, z[i], contrib[i], d2[i]),
+                "outside_training_support": outside_support(row, reference),
+                "unseen_missingness_pattern": tuple(groups[i]) not in seen,
+                "missing_groups": groups[i],
+            }
+        )
+    return out
+
+
+def _shown(u: Mapping[str, Any]) -> str:
+    v = u["value"]
+    text = ("yes" if v else "no") if isinstance(v, bool) else f"{v:g}"
+    return f"{text} {u['unit']}".strip()
+
+
+def _how_rare(percent: float) -> str:
+    return "Fewer than 0.5%" if percent < 0.5 else f"Only {percent:.1f}%"
+
+
+def warnings_from(block: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Clinician-facing warnings (code, fields, message) for one patient's applicability block.
+
+    Values outside the training range are already worded by `serving.applicability`; these
+    two cover what a per-field check cannot see.
+    """
+    out = []
+    if not block["typical"]:
+        feats = block["unusual_features"]
+        what = "; ".join(f"{u['label']} {_shown(u)} ({u['direction']})" for u in feats)
+        out.append(
+            {
+                "code": "atypical_patient",
+                "fields": [u["feature"] for u in feats],
+                "message": f"{_how_rare(block['typicality_percentile'])} of development patients "
+                f"were this unusual{f' (mostly: {what})' if what else ''}; the model has seen few "
+                "patients like this one, so treat the estimate with extra caution.",
+            }
+        )
+    if block["unseen_missingness_pattern"]:
+        labels = ", ".join(GROUP_LABELS[g] for g in block["missing_groups"])
+        out.append(
+            {
+                "code": "unseen_missingness_pattern",
+                "fields": [],
+                "message": f"No development patient lacked exactly this set of inputs ({labels} "
+                "all missing); the model's handling of this gap has not been checked.",
+            }
+        )
+    return out
+
+
+def check_state(state: Mapping[str, Any]) -> None:
+    """Refuse a typicality state this code cannot apply (corrupt or newer), naming the problem."""
+    if state.get("format") != STATE_FORMAT or state.get("method") != METHOD:
+        raise ValueError(
+            f"typicality state {state.get('method')!r} v{state.get('format')} is not "
+            f"{METHOD!r} v{STATE_FORMAT}"
+        )
+    model = state["model"]
+    p = len(model["columns"])
+    corr = np.asarray(model["correlation"], dtype=float)
+    if corr.shape != (p, p) or set(model["knots"]) != set(model["columns"]):
+        raise ValueError("typicality state: correlation or knots do not match the columns")
+    unknown = set(model["columns"]) - {f.name for f in PREDICTORS}
+    if unknown:
+        raise ValueError(f"typicality state: unknown columns {sorted(unknown)}")
