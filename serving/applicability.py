@@ -15,7 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from features.schema import GROUP_LABELS, PREDICTORS
+from features.schema import BY_NAME, GROUP_LABELS, PREDICTORS
+from serving.typicality import outside_support
 
 
 def _fmt(value: float, unit: str) -> str:
@@ -44,43 +45,25 @@ def _missing(row: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _outside(row: dict[str, Any], reference: dict[str, Any]) -> list[dict[str, Any]]:
+    """One warning per field `typicality.outside_support` finds, in words."""
     out = []
-    for f in PREDICTORS:
-        v, ref = row[f.name], reference["fields"].get(f.name, {})
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            continue
+    for name in outside_support(row, reference):
+        f, v, ref = BY_NAME[name], row[name], reference["fields"].get(name, {})
         if f.kind == "category":
-            if "levels" in ref and v not in ref["levels"]:
-                out.append(
-                    {
-                        "code": "outside_training_data",
-                        "fields": [f.name],
-                        "message": f"{f.label} '{v}' did not occur in the training data.",
-                    }
-                )
-            continue
-        if "min" not in ref:
-            out.append(
-                {
-                    "code": "outside_training_data",
-                    "fields": [f.name],
-                    "message": f"{f.label} was never recorded in the training data.",
-                }
-            )
-        elif v < ref["min"] or v > ref["max"]:
+            message = f"{f.label} '{v}' did not occur in the training data."
+        elif "min" not in ref:
+            message = f"{f.label} was never recorded in the training data."
+        else:
             side, bound = (
                 ("below the lowest", ref["min"])
                 if v < ref["min"]
                 else ("above the highest", ref["max"])
             )
-            out.append(
-                {
-                    "code": "outside_training_data",
-                    "fields": [f.name],
-                    "message": f"{f.label} {_fmt(v, f.unit_label)} is {side} value in the "
-                    f"training data ({_fmt(bound, f.unit_label)}); the model extrapolates.",
-                }
+            message = (
+                f"{f.label} {_fmt(v, f.unit_label)} is {side} value in the training "
+                f"data ({_fmt(bound, f.unit_label)}); the model extrapolates."
             )
+        out.append({"code": "outside_training_data", "fields": [name], "message": message})
     return out
 
 

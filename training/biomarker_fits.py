@@ -25,6 +25,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from training.candidates import lgb_params
 from training.config import LightGBMConfig, TrainConfig
 
 ESTIMATORS: tuple[str, ...] = ("logistic", "lightgbm")
@@ -55,26 +56,15 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, seed: int) -> Pipeline:
 
 def lightgbm_params(columns: Sequence[str], n: int, seed: int) -> dict:
     """The fixed small-data configuration for `n` training rows with these `columns`."""
-    cfg = LightGBMConfig()
-    monotone = dict(cfg.monotone)
-    return {
-        "objective": "binary",
-        "metric": "binary_logloss",
-        "learning_rate": LIGHTGBM_LEARNING_RATE,
-        "num_leaves": LIGHTGBM_LEAVES,
-        "min_data_in_leaf": max(10, round(LIGHTGBM_MIN_LEAF_FRACTION * n)),
-        "lambda_l2": cfg.lambda_l2,
-        "feature_fraction": cfg.feature_fraction,
-        "bagging_fraction": cfg.bagging_fraction,
-        "bagging_freq": 1,
-        "max_bin": cfg.max_bin,
-        "seed": seed,
-        "deterministic": True,
-        "force_row_wise": True,
-        "num_threads": 1,  # a few thousand rows: threads cost more than they save
-        "verbosity": -1,
-        "monotone_constraints": [monotone.get(c, 0) for c in columns],
-    }
+    return lgb_params(
+        LightGBMConfig(),
+        LIGHTGBM_LEAVES,
+        LIGHTGBM_MIN_LEAF_FRACTION,
+        n,
+        seed,
+        learning_rate=LIGHTGBM_LEARNING_RATE,
+        columns=columns,
+    )
 
 
 def fit_lightgbm(X: np.ndarray, y: np.ndarray, columns: Sequence[str], seed: int) -> lgb.Booster:

@@ -7,6 +7,8 @@ never by the score used here for tuning.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import lightgbm as lgb
 import numpy as np
 from sklearn.impute import SimpleImputer
@@ -78,11 +80,22 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, hyper: Hyper, seed: int) -> Linea
 
 
 # ------------------------------------------------------------------ LightGBM
-def _lgb_params(cfg: LightGBMConfig, leaves: int, min_frac: float, n: int, seed: int) -> dict:
+def lgb_params(
+    cfg: LightGBMConfig,
+    leaves: int,
+    min_frac: float,
+    n: int,
+    seed: int,
+    *,
+    learning_rate: float | None = None,
+    columns: Sequence[str] = FEATURE_NAMES,
+) -> dict:
+    """Small-data LightGBM parameters for `n` rows over `columns` (the biomarker analysis
+    fits column subsets, so the monotone vector follows the columns it is given)."""
     return {
         "objective": "binary",
         "metric": "binary_logloss",
-        "learning_rate": cfg.learning_rate,
+        "learning_rate": cfg.learning_rate if learning_rate is None else learning_rate,
         "num_leaves": leaves,
         "max_depth": -1,
         "min_data_in_leaf": max(10, round(min_frac * n)),
@@ -96,17 +109,17 @@ def _lgb_params(cfg: LightGBMConfig, leaves: int, min_frac: float, n: int, seed:
         "force_row_wise": True,
         "num_threads": cfg.num_threads,
         "verbosity": -1,
-        "monotone_constraints": _monotone_vector(cfg),
+        "monotone_constraints": _monotone_vector(cfg, columns),
     }
 
 
-def _monotone_vector(cfg: LightGBMConfig) -> list[int]:
+def _monotone_vector(cfg: LightGBMConfig, columns: Sequence[str]) -> list[int]:
     """One entry per model column (all numeric, so LightGBM cannot abort on a category)."""
     wanted = dict(cfg.monotone)
     unknown = set(wanted) - set(FEATURE_NAMES)
     if unknown:
         raise ValueError(f"monotone constraint on unknown features: {sorted(unknown)}")
-    return [wanted.get(name, 0) for name in FEATURE_NAMES]
+    return [wanted.get(name, 0) for name in columns]
 
 
 def tune_lightgbm(X: np.ndarray, y: np.ndarray, cfg: TrainConfig, seed: int) -> Hyper:
@@ -116,7 +129,7 @@ def tune_lightgbm(X: np.ndarray, y: np.ndarray, cfg: TrainConfig, seed: int) -> 
     best: tuple[float, Hyper] | None = None
     inner_n = round(len(y) * (cfg.inner_folds - 1) / cfg.inner_folds)
     for leaves, min_frac in lcfg.grid:
-        params = _lgb_params(lcfg, leaves, min_frac, inner_n, seed)
+        params = lgb_params(lcfg, leaves, min_frac, inner_n, seed)
         result = lgb.cv(
             params,
             lgb.Dataset(X, y, params={"max_bin": lcfg.max_bin}, free_raw_data=False),
@@ -138,7 +151,7 @@ def fit_lightgbm(
 ) -> TreeScorer:
     """Fit the booster with tuned settings; rounds scaled to the larger training set."""
     lcfg = cfg.lightgbm
-    params = _lgb_params(lcfg, int(hyper["num_leaves"]), hyper["min_data_fraction"], len(y), seed)
+    params = lgb_params(lcfg, int(hyper["num_leaves"]), hyper["min_data_fraction"], len(y), seed)
     rounds = max(1, round(hyper["rounds"] * cfg.inner_folds / (cfg.inner_folds - 1)))
     booster = lgb.train(
         params, lgb.Dataset(X, y, params={"max_bin": lcfg.max_bin}), num_boost_round=rounds
