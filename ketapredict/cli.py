@@ -111,7 +111,14 @@ def _serve(args: argparse.Namespace) -> int:
     from serving.bento_store import import_alias
 
     registry.configure_uri_only()
-    tag = import_alias("champion")
+    if registry.registry_version(registry.CHAMPION) is None:
+        print(
+            "error: no champion to serve: no version has passed the gate. Train again, or "
+            "promote a version with `ketapredict promote VERSION --reason TEXT`.",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    tag = import_alias(registry.CHAMPION)
     env = {**os.environ, "KETAPREDICT_MODEL_TAG": str(tag)}
     print(f"serving {tag} on http://{args.host}:{args.port}")
     print(f"  curl -s http://{args.host}:{args.port}/v1/model")
