@@ -29,6 +29,7 @@ def _simulate(args: argparse.Namespace) -> int:
     from features.simulate import simulate_cohort, write_cohort
 
     frame = simulate_cohort(args.n, args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_cohort(frame, args.out)
     rate = frame["response_6m"].mean()
     print(f"wrote {len(frame)} synthetic patients to {args.out} (response rate {rate:.1%})")
