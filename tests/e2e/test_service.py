@@ -193,3 +193,12 @@ def test_promote_overrides_with_a_recorded_reason(workspace: Workspace) -> None:
     assert check.returncode == 0 and "version 1" in check.stdout
     missing = run_cli("promote", "99", "--reason", "there is no such version", cwd=workspace.path)
     assert missing.returncode == 1
+
+
+def test_simulate_creates_the_output_folder(tmp_path) -> None:
+    out = tmp_path / "data" / "nested" / "cohort.parquet"
+    done = run_cli("simulate", "--n", "25", "--seed", "1", "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert len(read_table(out)) == 25
+    bad = run_cli("simulate", "--n", "5", "--out", str(tmp_path / "x.txt"), cwd=tmp_path)
+    assert bad.returncode == 1 and ".txt" in bad.stderr
