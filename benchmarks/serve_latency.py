@@ -25,6 +25,7 @@ import json
 import math
 import os
 import platform
+import secrets
 import shutil
 import signal
 import socket
@@ -189,11 +190,16 @@ def stop_group(proc: subprocess.Popen[bytes]) -> None:
 # --------------------------------------------------------------------------------- model
 
 
+#: A throwaway API token for the benchmark's own server (requests must authenticate, as in use).
+BENCH_TOKEN = "bench-" + secrets.token_hex(16)
+
+
 def configure_environment(workdir: Path) -> None:
     """Point this process and its children at the work directory's stores, quietly."""
     os.environ.update(QUIET_ENV)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"
     os.environ["BENTOML_HOME"] = str(workdir / "bentoml")
+    os.environ["KETAPREDICT_API_TOKENS"] = BENCH_TOKEN
     (workdir / "mlruns").mkdir(parents=True, exist_ok=True)
     registry.configure_uri_only()
 
@@ -454,7 +460,12 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
     with (
         running_server(workdir, port) as (base, startup_s),
-        httpx.Client(base_url=base, trust_env=False, timeout=HTTP_TIMEOUT_S) as client,
+        httpx.Client(
+            base_url=base,
+            trust_env=False,
+            timeout=HTTP_TIMEOUT_S,
+            headers={"Authorization": f"Bearer {BENCH_TOKEN}"},
+        ) as client,
     ):
         print(f"server ready in {startup_s:.1f} s; measuring single-patient calls", flush=True)
         single = measure_single(client, predictor, records)

@@ -25,6 +25,52 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+def _ensure_audit_env() -> None:
+    """Embedded defaults for the audit trail: SQLite under ./mlruns and a local key file.
+
+    A deployment sets `KETAPREDICT_AUDIT_URL` and `KETAPREDICT_AUDIT_KEY` from its secret store;
+    on one machine the key is created once in ./mlruns/audit.key (mode 0600) and reused, so
+    keyed patient hashes stay comparable across runs.
+    """
+    import secrets
+
+    from serving.audit import KEY_ENV, default_url
+    from serving.auditing import URL_ENV
+
+    root = Path.cwd()
+    os.environ.setdefault(URL_ENV, default_url(root))
+    feedback = (root / "mlruns" / "cds_feedback.db").resolve()
+    os.environ.setdefault("KETAPREDICT_CDS_FEEDBACK_URL", f"sqlite:///{feedback}")
+    if os.environ.get(KEY_ENV):
+        return
+    key_file = root / "mlruns" / "audit.key"
+    if not key_file.exists():
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.touch(mode=0o600)
+        key_file.write_text(secrets.token_hex(32))
+    os.environ[KEY_ENV] = key_file.read_text().strip()
+
+
+def _ensure_api_token() -> str | None:
+    """With no token configured, create one, keep only its digest, and return it to print.
+
+    `KETAPREDICT_API_TOKENS` or `KETAPREDICT_API_TOKENS_FILE` set by a deployment win; on one
+    machine the digests live in ./mlruns/api_tokens.sha256 and each `serve` adds a fresh token.
+    """
+    from serving.auth import new_token
+
+    if os.environ.get("KETAPREDICT_API_TOKENS") or os.environ.get("KETAPREDICT_API_TOKENS_FILE"):
+        return None
+    digests = Path.cwd() / "mlruns" / "api_tokens.sha256"
+    digests.parent.mkdir(parents=True, exist_ok=True)
+    token, digest = new_token()
+    with digests.open("a") as fh:
+        fh.write(digest + "\n")
+    digests.chmod(0o600)
+    os.environ["KETAPREDICT_API_TOKENS_FILE"] = str(digests.resolve())
+    return token
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from features.simulate import simulate_cohort, write_cohort
 
@@ -88,17 +134,35 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    import getpass
+    import uuid
+
+    from features.records import to_records
     from features.validation import validate_table
     from ketapredict.tables import read_table, write_table
     from serving import registry
-    from serving.results import batch_table
+    from serving.auditing import audit_answer, open_store
+    from serving.results import batch_table, explain, model_info
 
     validated = validate_table(read_table(args.data))
     for w in validated.warnings:
         print(f"warning: {w}", file=sys.stderr)
     registry.configure_uri_only()
     predictor = registry.load_predictor(args.model)
-    table = batch_table(predictor, validated.frame)
+    _ensure_audit_env()
+    store = open_store()
+    results = explain(predictor, validated.frame)
+    table = batch_table(predictor, validated.frame, results=results)
+    # audit first: an answer may go unwritten, but never unaudited
+    audit_answer(
+        store,
+        caller=f"cli:{getpass.getuser()}",
+        route="cli:predict",
+        model=model_info(predictor),
+        request=str(uuid.uuid4()),
+        records=to_records(validated.frame),
+        results=results,
+    )
     write_table(table, args.out)
     print(
         f"scored {len(table)} patients with {predictor.metadata['name']} version "
@@ -120,11 +184,18 @@ def _serve(args: argparse.Namespace) -> int:
         )
         return EXIT_ERROR
     tag = import_alias(registry.CHAMPION)
+    _ensure_audit_env()
+    token = _ensure_api_token()
+    base = f"http://{args.host}:{args.port}"
+    os.environ.setdefault("KETAPREDICT_PUBLIC_URL", base)
     env = {**os.environ, "KETAPREDICT_MODEL_TAG": str(tag)}
-    print(f"serving {tag} on http://{args.host}:{args.port}")
-    print(f"  curl -s http://{args.host}:{args.port}/v1/model")
+    auth = f"-H 'Authorization: Bearer {token}'" if token else "-H 'Authorization: Bearer $TOKEN'"
+    print(f"serving {tag} on {base}")
+    if token:
+        print(f"API token for this machine (shown once; only its digest is stored): {token}")
+    print(f"  curl -s {auth} {base}/v1/model")
     print(
-        f"  curl -s -X POST http://{args.host}:{args.port}/v1/predict "
+        f"  curl -s {auth} -X POST {base}/v1/predict "
         "-H 'content-type: application/json' -d @examples/predict-request.json"
     )
     sys.stdout.flush()
@@ -160,6 +231,21 @@ def _promote(args: argparse.Namespace) -> int:
     previous = record["previous_version"] or "none"
     print(f"{record['alias']}: version {record['version']} (was {previous}), by {record['by']}")
     print(f"reason recorded: {record['reason']}")
+    return EXIT_OK
+
+
+def _audit_export(args: argparse.Namespace) -> int:
+    from serving.audit_export import parse_instant, write_export
+    from serving.auditing import open_store
+
+    _ensure_audit_env()
+    try:
+        start, end = parse_instant(args.start), parse_instant(args.end)
+    except ValueError as exc:
+        print(f"invalid input: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    n = write_export(open_store(), start, end, args.out)
+    print(f"wrote {n} AuditEvents ({args.start} to {args.end}) to {args.out}")
     return EXIT_OK
 
 
@@ -207,6 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--alias", default="champion", choices=("champion", "challenger"))
     m.add_argument("--by", default=None, help="who decides (default: the login name)")
     m.set_defaults(func=_promote)
+
+    a = sub.add_parser("audit", help="the audit trail of predictions")
+    asub = a.add_subparsers(dest="audit_command", required=True)
+    e = asub.add_parser("export", help="FHIR AuditEvents (a Bundle) for a time range")
+    e.add_argument("--start", required=True, help="ISO date or instant (UTC when no zone)")
+    e.add_argument("--end", required=True, help="exclusive end, ISO date or instant")
+    e.add_argument("--out", type=Path, required=True)
+    e.set_defaults(func=_audit_export)
 
     for name, helptext, func in (
         ("serve", "start the BentoML service on the champion", _serve),

@@ -137,10 +137,19 @@ def scores_frame(predictor: Predictor, frame: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([out, shap_cols], axis=1)
 
 
-def batch_table(predictor: Predictor, frame: pd.DataFrame, top: int = TOP_FACTORS) -> pd.DataFrame:
-    """One row per patient for `ketapredict predict`: flat columns plus JSON text for lists."""
+def batch_table(
+    predictor: Predictor,
+    frame: pd.DataFrame,
+    top: int = TOP_FACTORS,
+    *,
+    results: list[dict[str, Any]] | None = None,
+) -> pd.DataFrame:
+    """One row per patient for `ketapredict predict`: flat columns plus JSON text for lists.
+
+    `results` lets a caller that already has `explain`'s output (to audit it) reuse it.
+    """
     rows = []
-    for r in explain(predictor, frame):
+    for r in results if results is not None else explain(predictor, frame):
         row: dict[str, Any] = {
             "patient_id": r["patient_id"],
             "probability": r["probability"],

@@ -1,22 +1,37 @@
 """The BentoML service: loads the champion once, answers predictions with explanations.
 
-Routes: `POST /v1/predict` (BentoML API, pydantic-validated), `GET /v1/model` (mounted
-FastAPI), and BentoML's own `/healthz`, `/livez`, `/readyz`, `/metrics` and `/docs.json`.
+Routes: `POST /v1/predict` (BentoML API, pydantic-validated); on the mounted FastAPI app
+`GET /v1/model`, `GET /v1/model/card`, `POST /v1/fhir/RiskAssessment/$predict`, CDS Hooks
+(`GET /cds-services`, `POST /cds-services/{id}`, `POST /cds-services/{id}/feedback`); and
+BentoML's own `/healthz`, `/livez`, `/readyz`, `/metrics` and `/docs.json`. Every prediction,
+whatever the route, is audited before it is answered (503 when it cannot be).
 The model tag comes from `KETAPREDICT_MODEL_TAG` (set by `ketapredict serve` to the exact tag
 it imported); the reference is declared at class scope so `bentoml build` packages it.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 import bentoml
+from bentoml.exceptions import ServiceUnavailable
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware.cors import CORSMiddleware
 
+from features.fhir_in import prefetch_to_bundle
 from features.validation import validate_records
+from serving import cds_hooks as cds
 from serving.api_models import PatientBatch, PredictResponse
+from serving.auditing import AuditUnavailable, audit_answer, open_store, request_id
+from serving.auth import EnvAuthMiddleware, cors_options, cors_origins_from_env
+from serving.cds_fetch import PrefetchUnavailable, resolve_prefetch
+from serving.fhir_route import FHIR_JSON, fhir_predict
 from serving.predictor import Predictor
 from serving.results import explain, model_info
 
@@ -26,6 +41,7 @@ SYNTHETIC_NOTICE = (
     "for demonstration and testing only. Decision support, not a decision."
 )
 DECISION_SUPPORT_NOTICE = "Decision support, not a decision: weigh with clinical judgement."
+FEEDBACK_ENV = "KETAPREDICT_CDS_FEEDBACK_URL"
 
 web = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -47,21 +63,54 @@ class KetaPredict:
         self.predictor.metadata["bento_tag"] = str(self.bento_model.tag)
         self.synthetic = bool(self.predictor.metadata.get("synthetic_data", False))
         self.notice = SYNTHETIC_NOTICE if self.synthetic else DECISION_SUPPORT_NOTICE
+        self.audit = open_store()
+        self.hooks = cds.HookCache(ttl=300)
+        self.feedback = cds.FeedbackStore(
+            os.environ.get(FEEDBACK_ENV) or f"sqlite:///{Path.cwd() / 'cds_feedback.db'}"
+        )
 
     def __is_ready__(self) -> bool:
-        return self.predictor is not None
+        return self.predictor is not None and self.audit.healthy()
 
     @bentoml.api(route="/v1/predict")
-    def predict(self, patients: PatientBatch) -> PredictResponse:
-        """Calibrated probability, interval, SHAP factors, eligibility and warnings per patient."""
-        records = [p.model_dump() for p in patients]
+    def predict(self, patients: PatientBatch, ctx: bentoml.Context) -> PredictResponse:
+        """Calibrated probability, interval, SHAP factors, eligibility and warnings per patient.
+
+        Answers 503 when the audit store cannot record the answer.
+        """
+        records = [p.model_dump(mode="json") for p in patients]
         frame = validate_records(records).frame
+        predictions = explain(self.predictor, frame)
+        self._audit(ctx.request, "/v1/predict", records, predictions)
         return PredictResponse(
-            predictions=explain(self.predictor, frame),
+            predictions=predictions,
             model=model_info(self.predictor),
             synthetic_data=self.synthetic,
             notice=self.notice,
         )
+
+    def _audit(
+        self,
+        request: Request,
+        route: str,
+        records: list[dict[str, Any]],
+        results: list[dict[str, Any]],
+    ) -> None:
+        caller = getattr(getattr(request, "state", None), "caller", None)
+        try:
+            audit_answer(
+                self.audit,
+                caller=getattr(caller, "label", "unauthenticated"),
+                route=route,
+                model=model_info(self.predictor),
+                request=request_id(request.headers),
+                records=records,
+                results=results,
+            )
+        except AuditUnavailable as exc:
+            raise ServiceUnavailable(
+                "audit store unavailable: no prediction without its audit record"
+            ) from exc
 
     @web.get("/v1/model")
     def model(self) -> dict[str, Any]:
@@ -79,6 +128,108 @@ class KetaPredict:
             "notice": self.notice,
             "model_card": meta.get("model_card", {}),
         }
+
+    @web.post("/v1/fhir/RiskAssessment/$predict")
+    async def fhir_predict(self, request: Request) -> Response:
+        """FHIR R4 Bundle (Patient + LOINC-coded Observations) in, RiskAssessment out.
+
+        `probabilityDecimal` is a fraction 0-1 (stated in the resource's notes and the card).
+        Problems answer 400 with an OperationOutcome naming each field.
+        """
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            body = None
+        status, resource, prediction = await run_in_threadpool(
+            fhir_predict,
+            body,
+            self.predictor,
+            now=dt.datetime.now(dt.UTC),
+            model_card_url=str(request.base_url).rstrip("/") + "/v1/model/card",
+        )
+        if prediction is not None:
+            record = {"patient_id": prediction["patient_id"], "bundle": body}
+            try:
+                await run_in_threadpool(
+                    self._audit, request, "/v1/fhir/RiskAssessment/$predict", [record], [prediction]
+                )
+            except ServiceUnavailable:
+                return Response(status_code=503)
+        return Response(json.dumps(resource), status_code=status, media_type=FHIR_JSON)
+
+    @web.get("/cds-services")
+    def cds_discovery(self, request: Request) -> dict[str, Any]:
+        """CDS Hooks discovery: patient-view and order-select, prefetch from the schema."""
+        return cds.discovery(
+            base_url=str(request.base_url).rstrip("/"),
+            model_version=self.predictor.metadata.get("version") or None,
+        )
+
+    @web.post("/cds-services/{service_id}")
+    async def cds_call(self, service_id: str, request: Request) -> Response:
+        """One info card with the prediction; 412 when required data cannot be obtained."""
+        if service_id not in cds.SERVICE_HOOKS:
+            return JSONResponse(cds.operation_outcome(["unknown service"], "not-found"), 404)
+        try:
+            req = cds.parse_request(json.loads(await request.body()), service_id)
+        except ValueError as exc:  # CdsRequestError is a ValueError; so is malformed JSON
+            out = getattr(exc, "outcome", cds.operation_outcome(["body is not JSON"], "invalid"))
+            return JSONResponse(out, 400)
+        key = self.hooks.key(service_id, req)
+        if (hit := self.hooks.get(key)) is not None:
+            return JSONResponse(hit)
+        if req.hook == "order-select" and not cds.selects_ketamine(req):
+            return JSONResponse(cds.response([]))
+        try:
+            prefetch = await resolve_prefetch(req, timeout=1.5)
+        except PrefetchUnavailable as exc:
+            return JSONResponse(exc.outcome, 412)
+        card_url = str(request.base_url).rstrip("/") + "/v1/model/card"
+        status, ra, pred = await run_in_threadpool(
+            fhir_predict,
+            prefetch_to_bundle(prefetch),
+            self.predictor,
+            now=dt.datetime.now(dt.UTC),
+            model_card_url=card_url,
+        )
+        if status != 200:
+            return JSONResponse(ra, 412)  # required data present but unusable
+        try:
+            await run_in_threadpool(
+                self._audit,
+                request,
+                f"cds:{service_id}",
+                [{"patient_id": pred["patient_id"], "prefetch": prefetch}],
+                [pred],
+            )
+        except ServiceUnavailable:
+            return Response(status_code=503)
+        body = cds.response(
+            [
+                cds.card(
+                    pred,
+                    model_card_url=card_url,
+                    risk_assessment=ra,
+                    service_label=f"Ketamine-AUD response model v{pred['model']['version']}",
+                    synthetic=self.synthetic,
+                )
+            ]
+        )
+        self.hooks.put(key, body)
+        return JSONResponse(body)
+
+    @web.post("/cds-services/{service_id}/feedback")
+    async def cds_feedback(self, service_id: str, request: Request) -> Response:
+        """Card feedback, stored once however often the EHR repeats it."""
+        if service_id not in cds.SERVICE_HOOKS:
+            return JSONResponse(cds.operation_outcome(["unknown service"], "not-found"), 404)
+        try:
+            fb = cds.parse_feedback(json.loads(await request.body()))
+        except ValueError as exc:
+            out = getattr(exc, "outcome", cds.operation_outcome(["body is not JSON"], "invalid"))
+            return JSONResponse(out, 400)
+        await run_in_threadpool(self.feedback.record_all, service_id, fb)
+        return Response(status_code=200)
 
     @web.get("/v1/model/card")
     def model_card(self, request: Request, format: str | None = None) -> Response:
@@ -98,3 +249,10 @@ class KetaPredict:
                 return Response(docs["model_card.json"], media_type="application/json")
             return JSONResponse(self.predictor.metadata.get("model_card", {}))
         raise HTTPException(status_code=404, detail=f"no {fmt} model card for this model")
+
+
+# Middleware wraps the whole BentoML app (its own /v1/predict included); the first registered is
+# the outermost, so CORS answers a browser's preflight before authentication asks for a token.
+if _origins := cors_origins_from_env():
+    KetaPredict.add_asgi_middleware(CORSMiddleware, **cors_options(_origins))
+KetaPredict.add_asgi_middleware(EnvAuthMiddleware)

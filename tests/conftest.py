@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -9,12 +10,17 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -76,11 +82,44 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     return Workspace(path, cohort, new, done.stdout)
 
 
+API_TOKEN = "test-token-" + "k" * 24
+CDS_ISSUER = "https://ehr.test.example"
+
+
 @dataclass(frozen=True)
 class Server:
     url: str
     process: subprocess.Popen[bytes]
     log: Path
+    http: httpx.Client
+    cds_key: Any
+
+    def cds_headers(self, path: str, **claims: Any) -> dict[str, str]:
+        """A fresh EHR-signed JWT (ES384) for one CDS Hooks call to `path`."""
+        now = int(time.time())
+        payload = {
+            "iss": CDS_ISSUER,
+            "aud": f"{self.url}{path}",
+            "exp": now + 300,
+            "iat": now,
+            "jti": str(uuid.uuid4()),
+            **claims,
+        }
+        token = jwt.encode(
+            payload, self.cds_key, algorithm="ES384", headers={"kid": "ehr-1", "typ": "JWT"}
+        )
+        return {"Authorization": f"Bearer {token}"}
+
+
+def _cds_issuer(directory: Path) -> tuple[Any, Path]:
+    """An EHR signing key and the issuers file that trusts its public half."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    jwk = json.loads(ECAlgorithm.to_jwk(key.public_key()))
+    jwk.update(kid="ehr-1", use="sig", alg="ES384")
+    (directory / "ehr-jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    issuers = directory / "issuers.json"
+    issuers.write_text(json.dumps({"issuers": [{"iss": CDS_ISSUER, "jwks_file": "ehr-jwks.json"}]}))
+    return key, issuers
 
 
 def start_server(
@@ -127,12 +166,20 @@ def server(workspace: Workspace, tmp_path_factory: pytest.TempPathFactory) -> It
     home = tmp_path_factory.mktemp("bentoml")
     port = free_port()
     log = workspace.path / "serve.log"
-    process = start_server(workspace.path, home, port, log)
     url = f"http://127.0.0.1:{port}"
+    cds_key, issuers = _cds_issuer(home)
+    env = {
+        "KETAPREDICT_API_TOKENS": API_TOKEN,
+        "KETAPREDICT_PUBLIC_URL": url,
+        "KETAPREDICT_CDS_ISSUERS_FILE": str(issuers),
+    }
+    process = start_server(workspace.path, home, port, log, env)
+    http = httpx.Client(headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=60)
     try:
         wait_ready(url, process, log)
-        yield Server(url, process, log)
+        yield Server(url, process, log, http, cds_key)
     finally:
+        http.close()
         stop(process)
         ARTIFACTS.mkdir(exist_ok=True)
         shutil.copy(log, ARTIFACTS / "serve.log")

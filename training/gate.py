@@ -21,6 +21,7 @@ class Criteria:
     slope_ci_contains_one: bool
     max_abs_intercept: float
     min_nb_fraction: float
+    max_nb_shortfall: float
     max_group_ici: float
     brier_tolerance: float
 
@@ -32,6 +33,7 @@ class Criteria:
             slope_ci_contains_one=bool(d["calibration"]["slope_ci_contains_one"]),
             max_abs_intercept=float(d["calibration"]["max_abs_intercept"]),
             min_nb_fraction=float(d["clinical_utility"]["min_fraction_of_thresholds"]),
+            max_nb_shortfall=float(d["clinical_utility"]["max_shortfall"]),
             max_group_ici=float(d["fairness"]["max_group_ici"]),
             brier_tolerance=float(d["champion"]["brier_tolerance"]),
         )
@@ -98,7 +100,7 @@ def _net_benefit(ev: dict[str, Any], c: Criteria) -> Check:
         return Check("net_benefit_above_references", False, None, c.min_nb_fraction, "not measured")
     adv = [r["model"] - max(r["treat_all"], r["treat_none"]) for r in rows]
     upper = [r.get("advantage_high", a) for r, a in zip(rows, adv, strict=True)]
-    worse = [r["threshold"] for r, u in zip(rows, upper, strict=True) if u < 0]
+    worse = [r["threshold"] for r, u in zip(rows, upper, strict=True) if u < -c.max_nb_shortfall]
     fraction = sum(a > 0 for a in adv) / len(adv)
     ok = not worse and fraction >= c.min_nb_fraction
     detail = f"above both references at {sum(a > 0 for a in adv)} of {len(adv)} thresholds"

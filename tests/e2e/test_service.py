@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import time
+import uuid
 
 import httpx
 import numpy as np
 import pandas as pd
 import pytest
 
+from features.fhir_bundle import record_to_bundle
+from features.fhir_in import field_coding
 from features.records import to_records
+from features.schema import INPUT_FIELDS
 from features.validation import validate_table
 from ketapredict.tables import read_table
-from tests.conftest import Server, Workspace, run_cli
+from serving.cds_fetch import LOCAL_KEY
+from serving.cds_hooks import assert_cds_response_valid
+from serving.fhir_out import check_risk_assessment
+from tests.conftest import API_TOKEN, Server, Workspace, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -32,7 +41,7 @@ def test_train_prints_run_version_metrics_and_verdict(workspace: Workspace) -> N
 
 def test_predict_over_http_matches_batch_cli(workspace: Workspace, server: Server) -> None:
     records = _records(workspace)
-    r = httpx.post(f"{server.url}/v1/predict", json={"patients": records}, timeout=30)
+    r = server.http.post(f"{server.url}/v1/predict", json={"patients": records}, timeout=30)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["synthetic_data"] is True and "synthetic" in body["notice"]
@@ -57,7 +66,7 @@ def test_predict_over_http_matches_batch_cli(workspace: Workspace, server: Serve
 
 
 def test_each_prediction_is_complete_and_additive(workspace: Workspace, server: Server) -> None:
-    r = httpx.post(f"{server.url}/v1/predict", json={"patients": _records(workspace)[:10]})
+    r = server.http.post(f"{server.url}/v1/predict", json={"patients": _records(workspace)[:10]})
     for p in r.json()["predictions"]:
         lo, hi = p["probability_interval"]
         assert 0 < lo <= p["probability"] <= hi < 1
@@ -78,7 +87,7 @@ def test_contraindication_and_missing_inputs_are_reported(
     record.update(systolic_bp_mmhg=190, diastolic_bp_mmhg=100, psychosis_history=True)
     for key in ("il6_pg_ml", "hscrp_mg_l", "tnfa_pg_ml"):
         record.pop(key, None)
-    p = httpx.post(f"{server.url}/v1/predict", json={"patients": [record]}).json()
+    p = server.http.post(f"{server.url}/v1/predict", json={"patients": [record]}).json()
     p = p["predictions"][0]
     assert p["eligibility"]["status"] == "contraindicated"
     rules = {r["rule"] for r in p["eligibility"]["reasons"]}
@@ -95,7 +104,7 @@ def test_invalid_input_lists_every_problem_never_500(workspace: Workspace, serve
         {**good, "patient_id": "B-2", "sex": "unknown", "hdd_days": 3},
         {**good, "patient_id": "B-3", "age_years": "forty"},
     ]
-    r = httpx.post(f"{server.url}/v1/predict", json={"patients": bad})
+    r = server.http.post(f"{server.url}/v1/predict", json={"patients": bad})
     assert r.status_code == 400
     locs = {tuple(d["loc"][:3]) for d in r.json()["detail"]}
     assert ("patients", 0, "hdd_90d") in locs
@@ -110,7 +119,7 @@ def test_invalid_input_lists_every_problem_never_500(workspace: Workspace, serve
         json.dumps({"patients": [good] * 1001}).encode(),
         json.dumps({"patients": [good, good]}).encode(),
     ):
-        r = httpx.post(
+        r = server.http.post(
             f"{server.url}/v1/predict",
             content=payload,
             headers={"content-type": "application/json"},
@@ -121,23 +130,23 @@ def test_invalid_input_lists_every_problem_never_500(workspace: Workspace, serve
 
 
 def test_model_health_and_metrics_routes(server: Server) -> None:
-    m = httpx.get(f"{server.url}/v1/model").json()
+    m = server.http.get(f"{server.url}/v1/model").json()
     assert m["name"] == "ketamine-aud-response" and m["version"] == "1"
     assert m["synthetic_data"] is True and "synthetic" in m["notice"].lower()
     assert {"auroc", "brier", "calibration_slope"} <= set(m["metrics"])
     assert m["model_card"]["training_data"]["synthetic"] is True
     for route in ("/healthz", "/readyz", "/livez"):
-        assert httpx.get(f"{server.url}{route}").status_code == 200
-    metrics = httpx.get(f"{server.url}/metrics").text
+        assert server.http.get(f"{server.url}{route}").status_code == 200
+    metrics = server.http.get(f"{server.url}/metrics").text
     assert "bentoml_service_request_total" in metrics
-    assert "/v1/predict" in httpx.get(f"{server.url}/docs.json").text
-    html = httpx.get(f"{server.url}/v1/model/card", headers={"accept": "text/html"})
+    assert "/v1/predict" in server.http.get(f"{server.url}/docs.json").text
+    html = server.http.get(f"{server.url}/v1/model/card", headers={"accept": "text/html"})
     assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
     assert "Internal validation" in html.text and "synthetic" in html.text
     assert "<script" not in html.text and "http://" not in html.text
-    md = httpx.get(f"{server.url}/v1/model/card", params={"format": "md"})
+    md = server.http.get(f"{server.url}/v1/model/card", params={"format": "md"})
     assert md.text.startswith("# Model card") and "TRIPOD+AI" in md.text
-    card = httpx.get(f"{server.url}/v1/model/card").json()
+    card = server.http.get(f"{server.url}/v1/model/card").json()
     assert card["gate"]["passed"] is True and card["fairness"]["attributes"]
 
 
@@ -202,3 +211,148 @@ def test_simulate_creates_the_output_folder(tmp_path) -> None:
     assert len(read_table(out)) == 25
     bad = run_cli("simulate", "--n", "5", "--out", str(tmp_path / "x.txt"), cwd=tmp_path)
     assert bad.returncode == 1 and ".txt" in bad.stderr
+
+
+def test_fhir_bundle_gets_a_risk_assessment_with_the_rest_probability(
+    workspace: Workspace, server: Server
+) -> None:
+    record = dict(_records(workspace)[2])
+    record.pop("site_id", None)
+    at = dt.datetime.now(dt.UTC)
+    r = server.http.post(
+        f"{server.url}/v1/fhir/RiskAssessment/$predict",
+        json=record_to_bundle(record, at=at),
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("application/fhir+json")
+    ra = r.json()
+    assert check_risk_assessment(ra) == []
+    rest = server.http.post(f"{server.url}/v1/predict", json={"patients": [record]}).json()
+    p = rest["predictions"][0]["probability"]
+    assert ra["prediction"][0]["probabilityDecimal"] == pytest.approx(p, abs=5e-4)
+    bad = server.http.post(
+        f"{server.url}/v1/fhir/RiskAssessment/$predict",
+        content=b"{oops",
+        headers={"content-type": "application/fhir+json"},
+    )
+    assert bad.status_code == 400 and bad.json()["resourceType"] == "OperationOutcome"
+
+
+def test_every_answer_is_audited_without_identifiers(workspace: Workspace, server: Server) -> None:
+    records = _records(workspace)[:3]
+    before = _audit_rows(workspace)
+    r = server.http.post(
+        f"{server.url}/v1/predict",
+        json={"patients": records},
+        headers={"x-request-id": "req-audit-1"},
+    )
+    assert r.status_code == 200
+    events = _audit_rows(workspace)
+    assert len(events) == len(before) + 3
+    assert all("urn:ketapredict:patient-key" in json.dumps(e) for e in events[-3:])
+    audit_db = (workspace.path / "mlruns" / "audit.db").read_bytes()
+    text = json.dumps(events)
+    for rec in records:
+        assert rec["patient_id"] not in text
+        assert rec["patient_id"].encode() not in audit_db
+    assert server.http.get(f"{server.url}/readyz").status_code == 200
+
+
+def _audit_rows(workspace: Workspace) -> list[dict]:
+    out = workspace.path / "audit.json"
+    done = run_cli(
+        "audit",
+        "export",
+        "--start",
+        "2000-01-01",
+        "--end",
+        "2100-01-01",
+        "--out",
+        str(out),
+        cwd=workspace.path,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(out.read_text()).get("entry", [])
+
+
+def _prefetch(record: dict, at: dt.datetime) -> dict:
+    """The prefetch an EHR would send for our discovery templates, from one record."""
+    entries = record_to_bundle(record, at=at)["entry"]
+    by_key: dict[str, list] = {}
+    for e in entries[1:]:
+        coding = e["resource"]["code"]["coding"][0]
+        field = next(f.name for f in INPUT_FIELDS if field_coding(f) == coding)
+        key = field if coding["system"] == "http://loinc.org" else LOCAL_KEY
+        by_key.setdefault(key, []).append(e)
+    out: dict = {"patient": entries[0]["resource"]}
+    for key, items in by_key.items():
+        out[key] = {"resourceType": "Bundle", "type": "searchset", "entry": items}
+    return out
+
+
+def test_cds_hooks_discovery_call_412_and_feedback(workspace: Workspace, server: Server) -> None:
+    path = "/cds-services/ketamine-aud-response-v1"
+    disc = httpx.get(f"{server.url}/cds-services", headers=server.cds_headers("/cds-services"))
+    ids = {s["id"]: s for s in disc.json()["services"]}
+    assert {"ketamine-aud-response-v1", "ketamine-aud-response-order-v1"} <= set(ids)
+    assert "patient" in ids["ketamine-aud-response-v1"]["prefetch"]
+    record = dict(_records(workspace)[3])
+    record.pop("site_id", None)
+    call = {
+        "hook": "patient-view",
+        "hookInstance": str(uuid.uuid4()),
+        "context": {"userId": "Practitioner/p1", "patientId": record["patient_id"]},
+        "prefetch": _prefetch(record, dt.datetime.now(dt.UTC)),
+    }
+
+    def post(body: dict, to: str = path) -> httpx.Response:
+        return httpx.post(
+            f"{server.url}{to}", json=body, headers=server.cds_headers(to), timeout=30
+        )
+
+    r = post(call)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert assert_cds_response_valid(body) == []
+    card = body["cards"][0]
+    assert card["indicator"] == "info" and len(card["summary"]) < 140
+    assert card["suggestions"][0]["actions"][0]["resource"]["resourceType"] == "RiskAssessment"
+    assert post(call).json()["cards"][0]["uuid"] == card["uuid"], "same hookInstance, same answer"
+    no_data = {**call, "hookInstance": str(uuid.uuid4()), "prefetch": {"patient": None}}
+    assert post(no_data).status_code == 412
+    feedback = {
+        "feedback": [
+            {
+                "card": card["uuid"],
+                "outcome": "overridden",
+                "outcomeTimestamp": "2026-11-27T10:00:00Z",
+            }
+        ]
+    }
+    for _ in range(2):
+        assert post(feedback, f"{path}/feedback").status_code == 200
+    assert post(call, "/cds-services/unknown").status_code == 404
+
+
+def test_security_tokens_and_jwts_are_enforced(server: Server) -> None:
+    url = f"{server.url}/v1/model"
+    assert httpx.get(url).status_code == 401
+    wrong = httpx.get(url, headers={"Authorization": "Bearer not-the-token"})
+    assert wrong.status_code == 401 and wrong.json() == {"error": "unauthorized"}
+    assert wrong.headers["www-authenticate"].startswith("Bearer")
+    assert server.http.get(url).status_code == 200
+    for route in ("/healthz", "/readyz", "/livez", "/metrics"):
+        assert httpx.get(f"{server.url}{route}").status_code == 200
+    disc = f"{server.url}/cds-services"
+    assert httpx.get(disc).status_code == 401
+    assert httpx.get(disc, headers=server.http.headers).status_code == 401, "API token is not a JWT"
+    headers = server.cds_headers("/cds-services")
+    assert httpx.get(disc, headers=headers).status_code == 200
+    assert httpx.get(disc, headers=headers).status_code == 401, "replayed jti"
+    expired = server.cds_headers("/cds-services", exp=int(time.time()) - 10)
+    assert httpx.get(disc, headers=expired).status_code == 401
+    other_aud = server.cds_headers("/cds-services/ketamine-aud-response-v1")
+    assert httpx.get(disc, headers=other_aud).status_code == 401
+    log = server.log.read_text()
+    assert API_TOKEN not in log and headers["Authorization"].split()[1] not in log

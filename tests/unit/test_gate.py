@@ -11,6 +11,7 @@ CRIT = Criteria(
     slope_ci_contains_one=True,
     max_abs_intercept=0.2,
     min_nb_fraction=0.8,
+    max_nb_shortfall=0.01,
     max_group_ici=0.1,
     brier_tolerance=0.002,
 )
@@ -72,7 +73,7 @@ def test_good_evidence_passes_every_criterion() -> None:
                         "model": 0.2,
                         "treat_all": 0.1,
                         "treat_none": 0.0,
-                        "advantage_high": 0.2 if t < 0.5 else -0.01,
+                        "advantage_high": 0.2 if t < 0.5 else -0.02,
                     }
                     for t in (0.1, 0.3, 0.5)
                 ]
@@ -104,3 +105,17 @@ def test_the_versioned_criteria_file_loads() -> None:
     c = Criteria.load(ACCEPTANCE_FILE)
     assert c.version and 0 < c.max_abs_intercept < 1 and 0 < c.min_nb_fraction <= 1
     assert evaluate_gate(_evidence(), c).to_dict()["criteria_version"] == c.version
+
+
+def test_a_negligible_net_benefit_shortfall_is_not_harm() -> None:
+    rows = [
+        {
+            "threshold": t,
+            "model": 0.2,
+            "treat_all": 0.1,
+            "treat_none": 0.0,
+            "advantage_high": -0.004 if t == 0.1 else 0.2,
+        }
+        for t in (0.1, 0.3, 0.5)
+    ]
+    assert evaluate_gate(_evidence(net_benefit=rows), CRIT).passed

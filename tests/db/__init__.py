@@ -1,0 +1,1 @@
+"""Tests against real database servers; each skips with a reason when its server is down."""
