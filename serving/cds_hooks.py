@@ -50,6 +50,7 @@ from serving.cds_fetch import (
     missing_prefetch,
     prefetch_templates,
 )
+from serving.results import value_text
 
 PATIENT_VIEW_ID = "ketamine-aud-response-v1"
 ORDER_SELECT_ID = "ketamine-aud-response-order-v1"
@@ -266,16 +267,6 @@ def summary_text(prediction: dict[str, Any]) -> str:
     return (head + tail)[:SUMMARY_LIMIT]
 
 
-def _value(c: dict[str, Any]) -> str:
-    v = c.get("value")
-    if v is None:
-        return "not recorded"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    shown = f"{v:g}" if isinstance(v, float) else str(v).replace("_", " ")
-    return f"{shown} {c['unit']}" if c.get("unit") else shown
-
-
 def _effect(shap: float) -> str:
     direction = "raises" if shap > 0 else "lowers" if shap < 0 else "no effect"
     return f"{direction} ({shap:+.2f})"
@@ -295,7 +286,7 @@ def detail_markdown(prediction: dict[str, Any], *, synthetic: bool = False, top:
     if factors:
         lines += ["", "| Factor | Value | Effect on response (SHAP, log-odds) |", "|---|---|---|"]
         lines += [
-            f"| {_md(c['label'])} | {_md(_value(c))} | {_effect(float(c['shap']))} |"
+            f"| {_md(c['label'])} | {_md(value_text(c))} | {_effect(float(c['shap']))} |"
             for c in factors
         ]
     elig = prediction.get("eligibility") or {}

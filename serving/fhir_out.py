@@ -32,6 +32,7 @@ from pydantic import ValidationError
 
 from features.fhir_in import field_coding
 from features.schema import BY_NAME
+from serving.results import value_text
 
 SITE = "https://ketapredict.example.org"
 INTERVAL_URL = f"{SITE}/fhir/StructureDefinition/probability-interval"
@@ -146,18 +147,10 @@ def rationale(contributions: list[dict[str, Any]], top: int = TOP_RATIONALE) -> 
     ranked = sorted(contributions, key=lambda c: -abs(c["shap"]))[:top]
     if not ranked:
         return "No factor contributions were available."
-    parts = [f"{c['label']} {_shown(c)} ({_signed(c['shap'])})".replace("  ", " ") for c in ranked]
+    parts = [
+        f"{c['label']} {value_text(c)} ({_signed(c['shap'])})".replace("  ", " ") for c in ranked
+    ]
     return "Main factors (SHAP, log-odds): " + "; ".join(parts) + "."
-
-
-def _shown(c: dict[str, Any]) -> str:
-    value = c.get("value")
-    if value is None:
-        return "not recorded"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    text = f"{value:g}" if isinstance(value, float) else str(value)
-    return f"{text} {c.get('unit') or ''}".strip()
 
 
 def _signed(x: float) -> str:

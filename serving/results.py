@@ -50,6 +50,17 @@ def _factor_units() -> dict[str, str]:
     return {f.name: f.unit for f in tf.FACTORS}
 
 
+def value_text(contribution: dict[str, Any]) -> str:
+    """A factor's value as a clinician reads it: "48 days", "yes", "relapse prevention"."""
+    v = contribution.get("value")
+    if v is None:
+        return "not recorded"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    shown = f"{v:g}" if isinstance(v, float) else str(v).replace("_", " ")
+    return f"{shown} {contribution['unit']}" if contribution.get("unit") else shown
+
+
 def model_info(predictor: Predictor) -> dict[str, str]:
     meta = predictor.metadata
     return {"name": str(meta.get("name", "")), "version": str(meta.get("version", ""))}
