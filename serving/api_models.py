@@ -10,6 +10,7 @@ the patient index and the field.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -49,10 +50,12 @@ def _annotation(f: SchemaField) -> Any:
     elif f.kind == "boolean":
         base = StrictBool
     else:
-        base = StrictInt if f.kind == "integer" else StrictInt | StrictFloat
-        extra.update(ge=f.minimum, le=f.maximum, allow_inf_nan=False)
-        if f.kind == "integer":
-            extra.pop("allow_inf_nan")
+        # Bounds on each branch of the union, so the OpenAPI document shows them as JSON Schema
+        # minimum/maximum (on the outer field pydantic would emit non-standard ge/le).
+        lo, hi = math.ceil(f.minimum), math.floor(f.maximum)  # integer bounds of the range
+        whole = Annotated[StrictInt, Field(ge=lo, le=hi)]
+        real = Annotated[StrictFloat, Field(ge=f.minimum, le=f.maximum, allow_inf_nan=False)]
+        base = whole if f.kind == "integer" else whole | real
     if f.required:
         return (Annotated[base, Field(**extra)], ...)
     return (Annotated[base | None, Field(**extra)], None)

@@ -32,6 +32,8 @@ from serving.auditing import AuditUnavailable, audit_answer, open_store, request
 from serving.auth import EnvAuthMiddleware, cors_options, cors_origins_from_env
 from serving.cds_fetch import PrefetchUnavailable, resolve_prefetch
 from serving.fhir_route import FHIR_JSON, fhir_predict
+from serving.limits import EnvBodyLimitMiddleware
+from serving.logging_setup import RequestLogMiddleware
 from serving.predictor import Predictor
 from serving.results import explain, model_info
 
@@ -252,7 +254,11 @@ class KetaPredict:
 
 
 # Middleware wraps the whole BentoML app (its own /v1/predict included); the first registered is
-# the outermost, so CORS answers a browser's preflight before authentication asks for a token.
+# the outermost. Request ids and JSON logs first, so every answer (401, 413 too) is tagged and
+# logged; CORS answers a browser's preflight before authentication asks for a token; the body
+# limit refuses oversized bodies before authentication, so unauthenticated floods buffer nothing.
+KetaPredict.add_asgi_middleware(RequestLogMiddleware)
 if _origins := cors_origins_from_env():
     KetaPredict.add_asgi_middleware(CORSMiddleware, **cors_options(_origins))
+KetaPredict.add_asgi_middleware(EnvBodyLimitMiddleware)
 KetaPredict.add_asgi_middleware(EnvAuthMiddleware)
