@@ -31,7 +31,7 @@ from serving.api_models import PatientBatch, PredictResponse
 from serving.auditing import AuditUnavailable, audit_answer, open_store, request_id
 from serving.auth import EnvAuthMiddleware, cors_options, cors_origins_from_env
 from serving.cds_fetch import PrefetchUnavailable, resolve_prefetch
-from serving.fhir_route import FHIR_JSON, fhir_predict
+from serving.fhir_route import FHIR_JSON, LOOKBACK_DAYS, fhir_predict
 from serving.limits import EnvBodyLimitMiddleware
 from serving.logging_setup import RequestLogMiddleware
 from serving.predictor import Predictor
@@ -44,6 +44,8 @@ SYNTHETIC_NOTICE = (
 )
 DECISION_SUPPORT_NOTICE = "Decision support, not a decision: weigh with clinical judgement."
 FEEDBACK_ENV = "KETAPREDICT_CDS_FEEDBACK_URL"
+#: Observations older than this many days before the assessment are ignored and reported.
+LOOKBACK_ENV = "KETAPREDICT_FHIR_LOOKBACK_DAYS"
 
 web = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -66,6 +68,9 @@ class KetaPredict:
         self.synthetic = bool(self.predictor.metadata.get("synthetic_data", False))
         self.notice = SYNTHETIC_NOTICE if self.synthetic else DECISION_SUPPORT_NOTICE
         self.audit = open_store()
+        self.lookback_days = int(os.environ.get(LOOKBACK_ENV, LOOKBACK_DAYS))
+        if self.lookback_days < 1:
+            raise ValueError(f"{LOOKBACK_ENV} must be a positive number of days")
         self.hooks = cds.HookCache(ttl=300)
         self.feedback = cds.FeedbackStore(
             os.environ.get(FEEDBACK_ENV) or f"sqlite:///{Path.cwd() / 'cds_feedback.db'}"
@@ -148,6 +153,7 @@ class KetaPredict:
             self.predictor,
             now=dt.datetime.now(dt.UTC),
             model_card_url=str(request.base_url).rstrip("/") + "/v1/model/card",
+            lookback_days=self.lookback_days,
         )
         if prediction is not None:
             record = {"patient_id": prediction["patient_id"], "bundle": body}
@@ -193,6 +199,7 @@ class KetaPredict:
             self.predictor,
             now=dt.datetime.now(dt.UTC),
             model_card_url=card_url,
+            lookback_days=self.lookback_days,
         )
         if status != 200:
             return JSONResponse(ra, 412)  # required data present but unusable
