@@ -6,6 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV := .tools/bin/uv
 STAMP := $(VENV)/.synced
+NODE_STAMP := node_modules/.installed
 export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
 export BENTOML_DO_NOT_TRACK := true
@@ -25,7 +26,11 @@ $(STAMP): uv.lock pyproject.toml | $(UV)
 	$(UV) sync --frozen --python $(PYTHON)
 	@touch $(STAMP)
 
-setup: $(STAMP) ## create .venv and install exactly what uv.lock pins
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --ignore-scripts
+	@touch $(NODE_STAMP)
+
+setup: $(STAMP) $(NODE_STAMP) ## install exactly what uv.lock and package-lock.json pin
 
 demo: setup ## simulate a cohort, train, register the champion, serve on http://127.0.0.1:3000
 	$(VENV)/bin/ketapredict demo --port 3000
@@ -48,4 +53,4 @@ bench: setup ## serving latency and batch throughput, as ratios against in-proce
 	$(PY) benchmarks/serve_latency.py
 
 clean: ## remove the environment, caches and local stores (keeps the source)
-	rm -rf $(VENV) .tools .pytest_cache .ruff_cache data mlruns/mlflow.db mlruns/artifacts
+	rm -rf $(VENV) .tools node_modules .pytest_cache .ruff_cache data test-artifacts mlruns/mlflow.db mlruns/artifacts

@@ -51,6 +51,8 @@ __all__ = [
 logger = logging.getLogger("ketapredict.auth")
 
 DEFAULT_OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics", "/"})
+#: The page's scripts and styles: public files, no patient data, served without a token.
+DEFAULT_OPEN_PREFIXES: tuple[str, ...] = ("/static/",)
 MIN_PLAIN_TOKEN_CHARS = 16
 
 
@@ -150,9 +152,9 @@ class AuthMiddleware:
     """ASGI middleware: open paths pass, `/cds-services[/*]` need a CDS JWT, all else a token.
 
     Default-deny on purpose: a new route is protected until someone lists it in `open_paths`
-    (exact paths). `protect_discovery=False` leaves `GET /cds-services` open for EHRs that do
-    not sign discovery calls (CDS Hooks 2.0 says they should). The caller lands in
-    `scope["state"]["caller"]`, i.e. `request.state.caller`.
+    (exact paths) or it lies under `/static/`. `protect_discovery=False` leaves
+    `GET /cds-services` open for EHRs that do not sign discovery calls (CDS Hooks 2.0 says
+    they should). The caller lands in `scope["state"]["caller"]`, i.e. `request.state.caller`.
     """
 
     def __init__(
@@ -174,7 +176,11 @@ class AuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] not in {"http", "websocket"} or path in self.open_paths:
+        if (
+            scope["type"] not in {"http", "websocket"}
+            or path in self.open_paths
+            or path.startswith(DEFAULT_OPEN_PREFIXES)
+        ):
             await self.app(scope, receive, send)
             return
         if path == "/cds-services" and not self.protect_discovery:

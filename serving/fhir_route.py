@@ -72,3 +72,23 @@ def _ignored_note(ignored: list[dict[str, Any]]) -> str:
     """Which submitted codes were not used and why (codes and reasons only, never values)."""
     items = "; ".join(f"{i['code']} ({i['reason']}: {i['detail']})" for i in ignored)
     return f"Inputs not used: {items}."
+
+
+def bundle_record(body: Any, *, now: dt.datetime, lookback_days: int = LOOKBACK_DAYS):
+    """(HTTP status, answer) for `POST /v1/record/from-fhir`: a Bundle mapped to a form record.
+
+    The page fills its form from the answer so the clinician checks every value before asking
+    for a prediction; nothing is predicted or audited here. Mapping problems (another patient's
+    Observation, an age that cannot be computed) come back beside the partial record rather than
+    failing it, since the clinician can correct them in the form.
+    """
+    if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
+        problem = {"field": "Bundle", "message": "expected a FHIR Bundle (a JSON object)"}
+        return 400, {"problems": [problem]}
+    mapped = bundle_to_record(body, assessed_at=now, lookback_days=lookback_days)
+    return 200, {
+        "record": mapped.record,
+        "used": len(mapped.basis),
+        "ignored": mapped.ignored,
+        "problems": mapped.problems,
+    }

@@ -23,6 +23,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
+from starlette.staticfiles import StaticFiles
 
 from features.fhir_in import prefetch_to_bundle
 from features.validation import validate_records
@@ -31,11 +32,13 @@ from serving.api_models import PatientBatch, PredictResponse
 from serving.auditing import AuditUnavailable, audit_answer, open_store, request_id
 from serving.auth import EnvAuthMiddleware, cors_options, cors_origins_from_env
 from serving.cds_fetch import PrefetchUnavailable, resolve_prefetch
-from serving.fhir_route import FHIR_JSON, LOOKBACK_DAYS, fhir_predict
+from serving.fhir_route import FHIR_JSON, LOOKBACK_DAYS, bundle_record, fhir_predict
 from serving.limits import EnvBodyLimitMiddleware
 from serving.logging_setup import RequestLogMiddleware
+from serving.page import CONTENT_SECURITY_POLICY, STATIC_DIR, render
 from serving.predictor import Predictor
 from serving.results import explain, model_info
+from serving.uncertainty import METHOD_DESCRIPTION
 
 MODEL_TAG = os.environ.get("KETAPREDICT_MODEL_TAG", "ketamine-aud-response:latest")
 SYNTHETIC_NOTICE = (
@@ -48,6 +51,7 @@ FEEDBACK_ENV = "KETAPREDICT_CDS_FEEDBACK_URL"
 LOOKBACK_ENV = "KETAPREDICT_FHIR_LOOKBACK_DAYS"
 
 web = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+web.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
 
 @bentoml.service(
@@ -135,6 +139,40 @@ class KetaPredict:
             "notice": self.notice,
             "model_card": meta.get("model_card", {}),
         }
+
+    @web.get("/", response_class=HTMLResponse)
+    def page(self) -> HTMLResponse:
+        """The clinician's page. Open without a token: it holds no patient data, only the form
+        and the model's public identity; every prediction it asks for needs the token."""
+        meta = self.predictor.metadata
+        public = {
+            **model_info(self.predictor),
+            "trained_at": str(meta.get("trained_at") or ""),
+            "synthetic_data": self.synthetic,
+            "notice": self.notice,
+            "interval_method": METHOD_DESCRIPTION,
+        }
+        headers = {
+            "content-security-policy": CONTENT_SECURITY_POLICY,
+            "cache-control": "no-store",
+            "x-content-type-options": "nosniff",
+        }
+        return HTMLResponse(render(public), headers=headers)
+
+    @web.post("/v1/record/from-fhir")
+    async def record_from_fhir(self, request: Request) -> JSONResponse:
+        """A FHIR R4 Bundle mapped to one data-dictionary record, for the page's form.
+
+        Predicts nothing (so audits nothing): the clinician checks the values, then predicts.
+        """
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            body = None
+        status, answer = bundle_record(
+            body, now=dt.datetime.now(dt.UTC), lookback_days=self.lookback_days
+        )
+        return JSONResponse(answer, status_code=status, headers={"cache-control": "no-store"})
 
     @web.post("/v1/fhir/RiskAssessment/$predict")
     async def fhir_predict(self, request: Request) -> Response:
