@@ -147,7 +147,8 @@ def render(model: dict[str, Any]) -> str:
         "example_bundle": example_bundle(),
         "model": model,
     }
-    return _environment().get_template("index.html").render(
+    template = _environment().get_template("index.html")
+    return template.render(
         sections=sections(),
         range_text=range_text,
         level_label=level_label,
