@@ -11,6 +11,7 @@ them matter for which patient.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -44,10 +45,12 @@ def _missing(row: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _outside(row: dict[str, Any], reference: dict[str, Any]) -> list[dict[str, Any]]:
-    """One warning per field `typicality.outside_support` finds, in words."""
+def _outside(
+    row: dict[str, Any], names: list[str], reference: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """One warning, in words, per field `typicality.outside_support` found for this patient."""
     out = []
-    for name in outside_support(row, reference):
+    for name in names:
         f, v, ref = BY_NAME[name], row[name], reference["fields"].get(name, {})
         if f.kind == "category":
             message = f"{f.label} '{v}' did not occur in the training data."
@@ -67,7 +70,20 @@ def _outside(row: dict[str, Any], reference: dict[str, Any]) -> list[dict[str, A
     return out
 
 
-def warnings_for(frame: pd.DataFrame, reference: dict[str, Any]) -> list[list[dict[str, Any]]]:
-    """Per patient: missing-input and outside-training-data warnings, in schema order."""
+def warnings_for(
+    frame: pd.DataFrame,
+    reference: dict[str, Any],
+    outside: Sequence[list[str]] | None = None,
+) -> list[list[dict[str, Any]]]:
+    """Per patient: missing-input and outside-training-data warnings, in schema order.
+
+    `outside` is `typicality.outside_support(frame, reference)` when the caller already has it
+    (the applicability block carries it), so it is computed once per patient.
+    """
+    if outside is None:
+        outside = outside_support(frame, reference)
     records = frame.to_dict(orient="records")
-    return [_missing(r) + _outside(r, reference) for r in records]
+    return [
+        _missing(r) + _outside(r, names, reference)
+        for r, names in zip(records, outside, strict=True)
+    ]

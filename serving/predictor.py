@@ -31,7 +31,7 @@ from scipy.special import expit
 from features import transform as tf
 from serving import typicality as typ
 from serving import uncertainty as unc
-from serving.scorers import Scorer, load_scorer
+from serving.scorers import LinearScorer, Scorer, load_scorer, stacked_linear_logits
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 2
@@ -119,6 +119,11 @@ class Predictor:
     def _member_logits(self, X: np.ndarray) -> np.ndarray:
         if not self.members:
             return np.empty((0, X.shape[0]))
+        scorers = [m.scorer for m in self.members]
+        if all(isinstance(s, LinearScorer) for s in scorers):
+            slopes = np.array([m.calibrator.slope for m in self.members])
+            intercepts = np.array([m.calibrator.intercept for m in self.members])
+            return stacked_linear_logits(scorers, slopes, intercepts, X)
         return np.vstack([m.calibrator(m.scorer.margin(X)) for m in self.members])
 
     def applicability(self, frame: pd.DataFrame) -> list[dict[str, Any]]:

@@ -74,8 +74,9 @@ def explain(
     """Full per-patient results (the `/v1/predict` payload items)."""
     scores = scores or predictor.score(frame)
     eligibility = safety.assess_frame(frame)
-    warnings = warnings_for(frame, predictor.reference)
     blocks = predictor.applicability(frame)
+    outside = [b["outside_training_support"] for b in blocks]
+    warnings = warnings_for(frame, predictor.reference, outside)
     units = _factor_units()
     labels = [f.label for f in tf.FACTORS]
     values = scores.values.to_numpy(dtype=object)  # scalar access on a DataFrame is slow

@@ -16,7 +16,9 @@ skops, nothing that executes code on load.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 import lightgbm as lgb
@@ -55,8 +57,23 @@ class LinearScorer:
         ind = missing[:, self.indicator_of].astype(float)
         return (np.hstack([filled, ind]) - self.mean) / self.scale
 
+    @cached_property
+    def _folded(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """The model folded into weights on the raw input (NaN read as 0) and on its missing
+        mask, plus one offset: imputation, indicators and standardisation are all linear, so
+        the margin needs two matrix-vector products and no (n, p + k) intermediate."""
+        p = len(self.impute)
+        w = self.coef[:p] / self.scale[:p]
+        v = self.coef[p:] / self.scale[p:]
+        on_missing = self.impute * w
+        np.add.at(on_missing, self.indicator_of, v)
+        offset = self.intercept - float(self.mean[:p] @ w) - float(self.mean[p:] @ v)
+        return w, on_missing, offset
+
     def margin(self, X: np.ndarray) -> np.ndarray:
-        return self._z(X) @ self.coef + self.intercept
+        w, on_missing, offset = self._folded
+        missing = np.isnan(X)
+        return np.where(missing, 0.0, X) @ w + missing @ on_missing + offset
 
     def contributions(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         terms = self._z(X) * self.coef
@@ -112,6 +129,22 @@ class TreeScorer:
     @classmethod
     def loads(cls, text: str) -> TreeScorer:
         return cls(lgb.Booster(model_str=text))
+
+
+def stacked_linear_logits(
+    scorers: Sequence[LinearScorer], slopes: np.ndarray, intercepts: np.ndarray, X: np.ndarray
+) -> np.ndarray:
+    """Calibrated logits of many linear scorers at once, shape (len(scorers), n).
+
+    The bootstrap members of a logistic model differ only in their weights, so all of them are
+    two matrix products over the same input instead of one pass each (the interval's cost).
+    """
+    folded = [s._folded for s in scorers]
+    w = np.column_stack([f[0] for f in folded]) * slopes
+    on_missing = np.column_stack([f[1] for f in folded]) * slopes
+    offset = np.array([f[2] for f in folded]) * slopes + intercepts
+    missing = np.isnan(X)
+    return (np.where(missing, 0.0, X) @ w + missing @ on_missing + offset).T
 
 
 def load_scorer(kind: str, text: str) -> Scorer:

@@ -118,18 +118,25 @@ def missing_groups(frame: pd.DataFrame) -> list[list[str]]:
     return out
 
 
-def outside_support(row: Mapping[str, Any], reference: Mapping[str, Any]) -> list[str]:
-    """Fields whose value lies outside the training [min, max], or whose level never occurred."""
-    out = []
+def outside_support(frame: pd.DataFrame, reference: Mapping[str, Any]) -> list[list[str]]:
+    """Per patient: fields whose value lies outside the training [min, max], or whose level
+    never occurred, in schema order. Column by column, so a large batch costs a few array
+    comparisons per field rather than a Python loop per patient."""
+    out: list[list[str]] = [[] for _ in range(len(frame))]
     for f in PREDICTORS:
-        v, ref = row[f.name], reference["fields"].get(f.name, {})
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            continue
+        ref, column = reference["fields"].get(f.name, {}), frame[f.name]
+        present = column.notna().to_numpy()
         if f.kind == "category":
-            if "levels" in ref and v not in ref["levels"]:
-                out.append(f.name)
-        elif "min" not in ref or not ref["min"] <= float(v) <= ref["max"]:
-            out.append(f.name)
+            if "levels" not in ref:
+                continue
+            outside = present & ~column.isin(list(ref["levels"])).to_numpy()
+        elif "min" not in ref:
+            outside = present
+        else:
+            v = column.to_numpy(dtype=float, na_value=np.nan)
+            outside = present & ~((v >= ref["min"]) & (v <= ref["max"]))
+        for i in np.flatnonzero(outside):
+            out[i].append(f.name)
     return out
 
 
@@ -178,19 +185,21 @@ def applicability(
     percent = percent_at_least(score, typicality_state["heldout"]["quantiles"])
     seen = {tuple(p) for p in typicality_state["missingness_patterns"]}
     groups = missing_groups(frame)
+    outside = outside_support(frame, reference)
     out = []
     names = [f.name for f in PREDICTORS]
-    for i, values in enumerate(frame[names].to_numpy(dtype=object)):
-        row = dict(zip(names, values, strict=True))
+    for i in range(len(frame)):
         typical = bool(score[i] <= typicality_state["cutoff"])
+        unusual = []
+        if not typical:  # the explanation of the flag needs the patient's values
+            row = dict(zip(names, frame[names].iloc[i].to_numpy(dtype=object), strict=True))
+            unusual = _unusual(row, columns, z[i], contrib[i], d2[i])
         out.append(
             {
                 "typical": typical,
                 "typicality_percentile": round(float(percent[i]), 2),
-                "unusual_features": []
-                if typical
-                else _unusual(row, columns, z[i], contrib[i], d2[i]),
-                "outside_training_support": outside_support(row, reference),
+                "unusual_features": unusual,
+                "outside_training_support": outside[i],
                 "unseen_missingness_pattern": tuple(groups[i]) not in seen,
                 "missing_groups": groups[i],
             }

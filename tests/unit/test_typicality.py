@@ -88,8 +88,10 @@ def test_values_outside_the_training_range_and_unseen_levels_are_named(fitted) -
     _, ref = fitted
     patient = pd.DataFrame([{**_row_like(ref), "ggt_u_l": ref["fields"]["ggt_u_l"]["max"] + 1}])
     patient["psychotherapy"] = "hypnosis"
-    out = st.outside_support(patient.iloc[0].to_dict(), ref)
-    assert out == ["ggt_u_l", "psychotherapy"]
+    out = st.outside_support(patient, ref)
+    assert out == [["ggt_u_l", "psychotherapy"]]
+    inside = pd.DataFrame([_row_like(ref), {**_row_like(ref), "ggt_u_l": None}])
+    assert st.outside_support(inside, ref) == [[], []], "missing is not outside"
 
 
 def _row_like(ref: dict) -> dict:
