@@ -210,7 +210,7 @@ def run_one(
     """One training cohort of size n: fit, bootstrap, Venn–Abers, evaluate every interval."""
     seed = 1000 * rep + n
     frame = simulate_cohort(n, seed=seed)
-    X, y = tf.transform(frame).to_numpy(dtype=float), frame[OUTCOME].to_numpy(dtype=int)
+    X, y = tf.transform_array(frame), frame[OUTCOME].to_numpy(dtype=int)
     start = time.perf_counter()
     fitted = pipeline.fit_pipeline(kind, X, y, cfg, seed)
     members = pipeline.bootstrap_members(
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     test_frame = simulate_cohort(a.n_test, seed=987_654)
     test = {
         "frame": test_frame,
-        "X": tf.transform(test_frame).to_numpy(dtype=float),
+        "X": tf.transform_array(test_frame),
         "p": test_frame["true_probability"].to_numpy(dtype=float),
         "n_missing": test_frame[[f.name for f in PREDICTORS]].isna().sum(axis=1).to_numpy(),
     }

@@ -26,6 +26,7 @@ log columns fold back to the field a clinician entered, so explanations name "Ps
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,40 +116,79 @@ def factor_values(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, index=frame.index)
 
 
-def _derived(frame: pd.DataFrame) -> dict[str, pd.Series]:
-    ast, alt = frame["ast_u_l"].astype(float), frame["alt_u_l"].astype(float)
-    onset, age = frame["aud_onset_age_years"].astype(float), frame["age_years"].astype(float)
-    return {"ast_alt_ratio": ast / alt, "aud_duration_years": age - onset}
+def _derived(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    return derived_values(lambda name: frame[name].to_numpy(dtype=float, na_value=np.nan))
+
+
+def _plan() -> tuple[list[str], list[tuple[str, str, str]]]:
+    """How each of `COLUMNS` is made, read off the columns themselves: ("num", field, ""),
+    ("log1p", field, ""), ("level", field, level) or ("derived", factor, "")."""
+    numeric = [f.name for f in PREDICTORS if f.kind != "category"]
+    derived = {d.name for d in DERIVED_FACTORS}
+    steps: list[tuple[str, str, str]] = []
+    for c in COLUMNS:
+        if c.name in derived:
+            steps.append(("derived", c.name, ""))
+        elif c.name == "female":
+            steps.append(("level", "sex", "female"))
+        elif "=" in c.name:
+            field, level = c.name.split("=", 1)
+            steps.append(("level", field, level))
+        elif c.name.startswith("log1p_"):
+            steps.append(("log1p", c.factor, ""))
+        else:
+            steps.append(("num", c.name, ""))
+    return numeric, steps
+
+
+_NUMERIC, STEPS = _plan()
+_CATEGORIES = sorted({name for kind, name, _ in STEPS if kind == "level"})
+
+
+def derived_values(value: Callable[[str], np.ndarray]) -> dict[str, np.ndarray]:
+    """The derived factors from a field accessor: one formula for the model and the display."""
+    return {
+        "ast_alt_ratio": value("ast_u_l") / value("alt_u_l"),
+        "aud_duration_years": value("age_years") - value("aud_onset_age_years"),
+    }
+
+
+def transform_array(frame: pd.DataFrame) -> np.ndarray:
+    """Model matrix (float64, NaN = missing), columns in `FEATURE_NAMES` order.
+
+    `frame` is a canonical frame from `features.validation`; the transform is pure and
+    row-wise, so scoring one patient gives the same numbers as scoring them in a batch. The
+    frame is read once as a float block and once per category field: per-column pandas calls
+    would cost more than the model itself for a single patient.
+    """
+    num = frame[_NUMERIC].to_numpy(dtype=float, na_value=np.nan)
+    raw = {name: num[:, j] for j, name in enumerate(_NUMERIC)}
+    raw |= {name: frame[name].to_numpy(dtype=object) for name in _CATEGORIES}
+    derived = derived_values(raw.__getitem__)
+    out = np.empty((len(frame), len(COLUMNS)))
+    for j, step in enumerate(STEPS):
+        kind, name, _ = step
+        out[:, j] = derived[name] if kind == "derived" else step_values(step, raw[name])
+    return out
+
+
+def step_values(step: tuple[str, str, str], raw: np.ndarray) -> np.ndarray:
+    """One model column from its source field's raw values, any shape (not derived columns).
+
+    Also used by `serving.uncertainty` on imputed values, so a filled-in value is transformed
+    exactly as an entered one.
+    """
+    kind, _, level = step
+    if kind == "num":
+        return raw.astype(float)
+    if kind == "log1p":
+        return np.log1p(raw.astype(float))
+    return np.where(pd.isna(raw), np.nan, (raw == level).astype(float))
 
 
 def transform(frame: pd.DataFrame) -> pd.DataFrame:
-    """Model matrix (float64, NaN = missing) with columns `FEATURE_NAMES`.
-
-    `frame` is a canonical frame from `features.validation`; the transform is pure and
-    row-wise, so scoring one patient gives the same numbers as scoring them in a batch.
-    """
-    out: dict[str, np.ndarray] = {}
-    for f in PREDICTORS:
-        col = frame[f.name]
-        if f.name == "sex":
-            out["female"] = _one_hot(col, "female")
-        elif f.kind == "category":
-            for lv in f.levels:
-                if lv != "none":
-                    out[f"{f.name}={lv}"] = _one_hot(col, lv)
-        elif f.name in LOG_FIELDS:
-            out[f"log1p_{f.name}"] = np.log1p(col.to_numpy(dtype=float))
-        else:
-            out[f.name] = col.to_numpy(dtype=float)
-            if f.name == "hdd_90d":
-                out["log1p_hdd_90d"] = np.log1p(out[f.name])
-    out.update({k: v.to_numpy(dtype=float) for k, v in _derived(frame).items()})
-    return pd.DataFrame(out, index=frame.index, columns=list(FEATURE_NAMES))
-
-
-def _one_hot(col: pd.Series, level: str) -> np.ndarray:
-    missing = col.isna().to_numpy()
-    return np.where(missing, np.nan, (col == level).to_numpy(dtype=float))
+    """`transform_array` as a frame with columns `FEATURE_NAMES` (for training and reports)."""
+    return pd.DataFrame(transform_array(frame), index=frame.index, columns=list(FEATURE_NAMES))
 
 
 def factor_label(name: str) -> str:

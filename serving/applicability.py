@@ -10,10 +10,10 @@ them matter for which patient.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from features.schema import BY_NAME, GROUP_LABELS, PREDICTORS
@@ -25,24 +25,24 @@ def _fmt(value: float, unit: str) -> str:
     return f"{text} {unit}".strip()
 
 
-def _missing(row: dict[str, Any]) -> list[dict[str, Any]]:
+_OPTIONAL = [f.name for f in PREDICTORS if not f.required]
+
+
+def _missing(names: list[str]) -> list[dict[str, Any]]:
+    """One warning per data-dictionary group with missing optional inputs."""
     by_group: dict[str, list[str]] = {}
-    for f in PREDICTORS:
-        v = row[f.name]
-        if not f.required and (v is None or (isinstance(v, float) and math.isnan(v))):
-            by_group.setdefault(f.group, []).append(f.name)
-    out = []
-    for group, names in by_group.items():
-        labels = ", ".join(next(f.label for f in PREDICTORS if f.name == n) for n in names)
-        out.append(
-            {
-                "code": "missing_input",
-                "fields": names,
-                "message": f"{GROUP_LABELS[group]} not provided: {labels}. The model used its "
-                "handling of missing values, so the prediction is less specific.",
-            }
-        )
-    return out
+    for name in names:
+        by_group.setdefault(BY_NAME[name].group, []).append(name)
+    return [
+        {
+            "code": "missing_input",
+            "fields": group_names,
+            "message": f"{GROUP_LABELS[group]} not provided: "
+            f"{', '.join(BY_NAME[n].label for n in group_names)}. The model used its "
+            "handling of missing values, so the prediction is less specific.",
+        }
+        for group, group_names in by_group.items()
+    ]
 
 
 def _outside(
@@ -82,8 +82,12 @@ def warnings_for(
     """
     if outside is None:
         outside = outside_support(frame, reference)
-    records = frame.to_dict(orient="records")
-    return [
-        _missing(r) + _outside(r, names, reference)
-        for r, names in zip(records, outside, strict=True)
-    ]
+    gaps = frame[_OPTIONAL].isna().to_numpy()
+    out = []
+    for i in range(len(frame)):
+        warnings = _missing([_OPTIONAL[j] for j in np.flatnonzero(gaps[i])])
+        if outside[i]:
+            row = {name: frame[name].iat[i] for name in outside[i]}
+            warnings += _outside(row, outside[i], reference)
+        out.append(warnings)
+    return out

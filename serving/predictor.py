@@ -89,17 +89,13 @@ class Predictor:
     # ---------------------------------------------------------------- prediction
     def score(self, frame: pd.DataFrame) -> Scores:
         """Calibrated probability, interval and factor contributions for a canonical frame."""
-        X = tf.transform(frame).to_numpy(dtype=float)
+        X = tf.transform_array(frame)
         phi, base = self.scorer.contributions(X)
         margin = phi.sum(axis=1) + base
         logit = self.calibrator(margin)
         a, b = self.calibrator.slope, self.calibrator.intercept
         contrib = (a * phi) @ self._factor_matrix
-        missing_sd = (
-            unc.missing_input_sd(frame, self._logit_of, self.uncertainty)
-            if self.uncertainty
-            else None
-        )
+        missing_sd = self._missing_sd(frame, X) if self.uncertainty else None
         lower, upper = unc.interval(
             logit, self._member_logits(X), missing_sd, z=self.uncertainty.get("z", unc.Z_95)
         )
@@ -112,6 +108,15 @@ class Predictor:
             contributions=contrib,
             values=tf.factor_values(frame),
         )
+
+    def _missing_sd(self, frame: pd.DataFrame, X: np.ndarray) -> np.ndarray:
+        """Spread over imputations of the missing inputs: closed form for a linear margin."""
+        if isinstance(self.scorer, LinearScorer):
+            weights, on_missing, _ = self.scorer.folded
+            return unc.missing_input_sd_linear(
+                frame, X, weights, on_missing, self.calibrator.slope, self.uncertainty
+            )
+        return unc.missing_input_sd(frame, self._logit_of, self.uncertainty)
 
     def _logit_of(self, X: np.ndarray) -> np.ndarray:
         return self.calibrator(self.scorer.margin(X))

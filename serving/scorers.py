@@ -58,7 +58,7 @@ class LinearScorer:
         return (np.hstack([filled, ind]) - self.mean) / self.scale
 
     @cached_property
-    def _folded(self) -> tuple[np.ndarray, np.ndarray, float]:
+    def folded(self) -> tuple[np.ndarray, np.ndarray, float]:
         """The model folded into weights on the raw input (NaN read as 0) and on its missing
         mask, plus one offset: imputation, indicators and standardisation are all linear, so
         the margin needs two matrix-vector products and no (n, p + k) intermediate."""
@@ -71,7 +71,7 @@ class LinearScorer:
         return w, on_missing, offset
 
     def margin(self, X: np.ndarray) -> np.ndarray:
-        w, on_missing, offset = self._folded
+        w, on_missing, offset = self.folded
         missing = np.isnan(X)
         return np.where(missing, 0.0, X) @ w + missing @ on_missing + offset
 
@@ -139,7 +139,7 @@ def stacked_linear_logits(
     The bootstrap members of a logistic model differ only in their weights, so all of them are
     two matrix products over the same input instead of one pass each (the interval's cost).
     """
-    folded = [s._folded for s in scorers]
+    folded = [s.folded for s in scorers]
     w = np.column_stack([f[0] for f in folded]) * slopes
     on_missing = np.column_stack([f[1] for f in folded]) * slopes
     offset = np.array([f[2] for f in folded]) * slopes + intercepts

@@ -118,25 +118,30 @@ def missing_groups(frame: pd.DataFrame) -> list[list[str]]:
     return out
 
 
+_BOUNDED = [f.name for f in PREDICTORS if f.kind != "category"]
+_LEVELLED = [f.name for f in PREDICTORS if f.kind == "category"]
+_ORDER = [f.name for f in PREDICTORS]
+
+
 def outside_support(frame: pd.DataFrame, reference: Mapping[str, Any]) -> list[list[str]]:
     """Per patient: fields whose value lies outside the training [min, max], or whose level
-    never occurred, in schema order. Column by column, so a large batch costs a few array
-    comparisons per field rather than a Python loop per patient."""
+    never occurred, in schema order. A field the training data never recorded is outside
+    whenever it is given. One float block and one array per category field, so a large batch
+    costs a few comparisons per field and a single patient a handful of pandas calls."""
+    fields = reference["fields"]
+    num = frame[_BOUNDED].to_numpy(dtype=float, na_value=np.nan)
+    lo = np.array([fields.get(n, {}).get("min", np.nan) for n in _BOUNDED], dtype=float)
+    hi = np.array([fields.get(n, {}).get("max", np.nan) for n in _BOUNDED], dtype=float)
+    flagged = dict(zip(_BOUNDED, (~np.isnan(num) & ~((num >= lo) & (num <= hi))).T, strict=True))
+    for name in _LEVELLED:
+        if "levels" in fields.get(name, {}):
+            values = frame[name].to_numpy(dtype=object)
+            known = np.isin(values, np.asarray(fields[name]["levels"], dtype=object))
+            flagged[name] = ~pd.isna(values) & ~known
+    matrix = np.column_stack([flagged.get(n, np.zeros(len(frame), dtype=bool)) for n in _ORDER])
     out: list[list[str]] = [[] for _ in range(len(frame))]
-    for f in PREDICTORS:
-        ref, column = reference["fields"].get(f.name, {}), frame[f.name]
-        present = column.notna().to_numpy()
-        if f.kind == "category":
-            if "levels" not in ref:
-                continue
-            outside = present & ~column.isin(list(ref["levels"])).to_numpy()
-        elif "min" not in ref:
-            outside = present
-        else:
-            v = column.to_numpy(dtype=float, na_value=np.nan)
-            outside = present & ~((v >= ref["min"]) & (v <= ref["max"]))
-        for i in np.flatnonzero(outside):
-            out[i].append(f.name)
+    for i in np.flatnonzero(matrix.any(axis=1)):
+        out[i] = [_ORDER[j] for j in np.flatnonzero(matrix[i])]
     return out
 
 

@@ -144,7 +144,7 @@ def missing_input_sd(
     expanded, rows = imputed_copies(frame, state)
     if len(rows) == 0:
         return sd
-    logits = logit_of(tf.transform(expanded).to_numpy(dtype=float))
+    logits = logit_of(tf.transform_array(expanded))
     k = int(state["missing_inputs"]["k"])
     per_patient = logits.reshape(-1, k)
     sd[rows[::k]] = per_patient.std(axis=1, ddof=1)
@@ -163,3 +163,79 @@ def check_state(state: Mapping[str, Any]) -> None:
     for name, v in values.items():
         if name not in BY_NAME or (v and len(v) != k):
             raise ValueError(f"uncertainty state: bad imputation values for {name!r}")
+
+
+#: Filled values of this field are capped at the patient's age in every copy (the schema's one
+#: cross-field rule), so its columns depend on the patient and are computed per copy.
+_CAPPED = "aud_onset_age_years"
+
+
+def missing_input_sd_linear(
+    frame: pd.DataFrame,
+    X: np.ndarray,
+    weights: np.ndarray,
+    on_missing: np.ndarray,
+    slope: float,
+    state: Mapping[str, Any],
+) -> np.ndarray:
+    """`missing_input_sd` for a linear margin, without building the K copies.
+
+    The margin is `where(missing, 0, X) @ weights + missing @ on_missing + offset` (the folded
+    `LinearScorer`), so filling one field only changes that field's columns: copy k's margin is
+    the patient's margin plus, for each filled field, a term that depends on the copy's value
+    alone, which is one (patients × fields) @ (fields × K) product. Columns that mix fields (the
+    derived factors) or depend on the patient (the age-capped onset) are computed per copy
+    exactly as `imputed_copies` makes them. Same numbers as the general path to rounding, at a
+    small fraction of its cost: for a million patients the copies would be 32 million rows.
+    """
+    values: Mapping[str, list[Any]] = state["missing_inputs"]["values"]
+    k = int(state["missing_inputs"]["k"])
+    fill = {f.name: values[f.name] for f in PREDICTORS if values.get(f.name)}
+    sd = np.zeros(len(frame))
+    if not fill:
+        return sd
+    names = list(fill)
+    missing = frame[names].isna().to_numpy()
+    rows = np.flatnonzero(missing.any(axis=1))
+    if len(rows) == 0:
+        return sd
+    gaps = dict(zip(names, missing[rows].T, strict=True))
+    delta = np.zeros((len(rows), k))
+    special: list[int] = []
+    for j, step in enumerate(tf.STEPS):
+        kind, name, _ = step
+        if kind == "derived" or name == _CAPPED:
+            special.append(j)
+        elif name in fill:
+            filled = tf.step_values(step, np.asarray(fill[name], dtype=object))
+            effect = np.where(np.isnan(filled), on_missing[j], weights[j] * filled)
+            delta += np.outer(gaps[name], effect - on_missing[j])
+    per_copy = _values_per_copy(frame, rows, fill, k)
+    derived = tf.derived_values(per_copy)
+    for j in special:
+        kind, name, _ = tf.STEPS[j]
+        v = derived[name] if kind == "derived" else tf.step_values(tf.STEPS[j], per_copy(name))
+        base = X[rows, j]
+        before = np.where(np.isnan(base), on_missing[j], weights[j] * base)
+        after = np.where(np.isnan(v), on_missing[j], weights[j] * v)
+        delta += after - before[:, None]
+    sd[rows] = abs(slope) * delta.std(axis=1, ddof=1)
+    return sd
+
+
+def _values_per_copy(
+    frame: pd.DataFrame, rows: np.ndarray, fill: Mapping[str, list[Any]], k: int
+) -> Callable[[str], np.ndarray]:
+    """Accessor: a numeric field's value in each copy, shape (len(rows), K), as in
+    `imputed_copies` (gaps filled with the k-th stored value; onset capped at age)."""
+
+    def value(name: str) -> np.ndarray:
+        x = frame[name].to_numpy(dtype=float, na_value=np.nan)[rows][:, None]
+        if name in fill:
+            x = np.where(np.isnan(x), np.asarray(fill[name], dtype=float)[None, :], x)
+        x = np.broadcast_to(x, (len(rows), k))
+        if name == _CAPPED:
+            return np.fmin(x, value("age_years"))
+        return x
+
+    return value

@@ -38,7 +38,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from features.schema import BY_NAME, OUTCOME
-from features.transform import COLUMNS, DERIVED_FACTORS, FEATURE_NAMES, transform
+from features.transform import COLUMNS, DERIVED_FACTORS, FEATURE_NAMES, transform_array
 from training import biomarker_stats as bs
 from training.biomarker_fits import ESTIMATORS, out_of_fold
 from training.decision_curve import THRESHOLDS
@@ -267,7 +267,7 @@ def biomarker_value(
     faster on one thread than with threads competing for two cores.
     """
     y = _outcome(frame, folds, resamples)
-    X = transform(frame).to_numpy(dtype=float)
+    X = transform_array(frame)
     column_sets = [np.flatnonzero(STAGES <= m) for m in range(len(BLOCKS))]
     with threadpool_limits(1):
         oof = out_of_fold(

@@ -114,7 +114,7 @@ def train(
     adds a fairness table; it is never a predictor.
     """
     train_idx, test_idx = split_by_patient(frame, cfg.test_fraction, cfg.seed)
-    X = tf.transform(frame).to_numpy(dtype=float)
+    X = tf.transform_array(frame)
     y = frame[OUTCOME].to_numpy(dtype=int)
     X_tr, y_tr = X[train_idx], y[train_idx]
     train_frame = frame.iloc[train_idx].reset_index(drop=True)

@@ -13,6 +13,7 @@ from features import transform as tf
 from features.simulate import simulate_cohort
 from features.validation import validate_table
 from serving import uncertainty as u
+from serving.scorers import LinearScorer
 from training.uncertainty import fit_uncertainty
 
 BMI = tf.FEATURE_NAMES.index("bmi_kg_m2")
@@ -111,3 +112,40 @@ def test_imputed_onset_never_exceeds_age(frame: pd.DataFrame, state: dict) -> No
     assert (expanded["aud_onset_age_years"] <= 18.0).all()
     assert not expanded.isna().any().any()
     assert expanded["aud_onset_age_years"].nunique() > 1
+
+
+def test_closed_form_for_a_linear_margin_equals_the_copies(
+    frame: pd.DataFrame, state: dict
+) -> None:
+    """The linear fast path gives the general path's SD on every kind of gap: single fields,
+    categories, the derived AST/ALT ratio and the age-capped onset, a field with no stored
+    values, and complete rows."""
+    rng = np.random.default_rng(7)
+    p = len(tf.COLUMNS)
+    indicators = np.array([0, 5, 11, p - 1])
+    k = p + len(indicators)
+    scorer = LinearScorer(
+        impute=rng.normal(size=p),
+        indicator_of=indicators,
+        mean=rng.normal(size=k),
+        scale=rng.uniform(0.5, 2.0, size=k),
+        coef=rng.normal(size=k),
+        intercept=0.3,
+    )
+    slope = 0.8
+    edited = frame.head(300).copy()
+    edited.loc[0:40, "aud_onset_age_years"] = np.nan
+    edited.loc[20:60, "ast_u_l"] = np.nan
+    edited.loc[50:90, "psychotherapy"] = None
+    no_values = {**state, "missing_inputs": dict(state["missing_inputs"])}
+    no_values["missing_inputs"]["values"] = {
+        **state["missing_inputs"]["values"],
+        "aud_onset_age_years": [],
+    }
+    X = tf.transform_array(edited)
+    weights, on_missing, _ = scorer.folded
+    for s in (state, no_values):
+        general = u.missing_input_sd(edited, lambda M: slope * scorer.margin(M) + 1.0, s)
+        fast = u.missing_input_sd_linear(edited, X, weights, on_missing, slope, s)
+        np.testing.assert_allclose(fast, general, rtol=1e-10, atol=1e-12)
+        assert (general > 0).sum() > 100 and (general == 0).any()
