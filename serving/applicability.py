@@ -11,6 +11,7 @@ them matter for which patient.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -30,19 +31,27 @@ _OPTIONAL = [f.name for f in PREDICTORS if not f.required]
 
 def _missing(names: list[str]) -> list[dict[str, Any]]:
     """One warning per data-dictionary group with missing optional inputs."""
+    return [
+        {"code": "missing_input", "fields": list(fields), "message": message}
+        for fields, message in _missing_texts(tuple(names))
+    ]
+
+
+@lru_cache(maxsize=4096)
+def _missing_texts(names: tuple[str, ...]) -> tuple[tuple[tuple[str, ...], str], ...]:
+    """(fields, message) per group; cached, since a batch repeats few missingness patterns."""
     by_group: dict[str, list[str]] = {}
     for name in names:
         by_group.setdefault(BY_NAME[name].group, []).append(name)
-    return [
-        {
-            "code": "missing_input",
-            "fields": group_names,
-            "message": f"{GROUP_LABELS[group]} not provided: "
+    return tuple(
+        (
+            tuple(group_names),
+            f"{GROUP_LABELS[group]} not provided: "
             f"{', '.join(BY_NAME[n].label for n in group_names)}. The model used its "
             "handling of missing values, so the prediction is less specific.",
-        }
+        )
         for group, group_names in by_group.items()
-    ]
+    )
 
 
 def _outside(

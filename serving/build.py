@@ -45,6 +45,12 @@ UV_EXPORT = (
     "--no-annotate",
     "--no-header",
 )
+_QUIET = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "BENTOML_DO_NOT_TRACK": "true",
+    "DO_NOT_TRACK": "true",
+}
 REQUIREMENTS_HEADER = (
     "# Generated from uv.lock by `python -m serving.build --requirements-only`\n"
     f"# (uv {' '.join(UV_EXPORT)}); do not edit. Read by bentofile.yaml.\n"
@@ -104,13 +110,7 @@ def _bentofile(source: Path, model_tag: str, labels: dict[str, str], out: Path) 
 
 def _bentoml_env(uv: str, model_tag: str) -> dict[str, str]:
     path = os.pathsep.join([str(Path(uv).parent), os.environ.get("PATH", "")])
-    return {
-        **os.environ,
-        "PATH": path,
-        MODEL_TAG_ENV: model_tag,
-        "BENTOML_DO_NOT_TRACK": "true",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    }
+    return {**os.environ, **_QUIET, "PATH": path, MODEL_TAG_ENV: model_tag}
 
 
 def build_bento(
@@ -140,7 +140,7 @@ def build_bento(
     if registry.registry_version(alias) is None:
         raise LookupError(
             f"no '{alias}' version in the registry: train until a version passes the gate, "
-            "or promote one with `ketapredict promote VERSION --reason TEXT`"
+            f"or promote one with `ketapredict promote VERSION --alias {alias} --reason TEXT`"
         )
     model_tag = str(import_alias(alias))
     meta = bentoml.models.get(model_tag).info.metadata
@@ -198,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"only regenerate {REQUIREMENTS} from uv.lock",
     )
     args = p.parse_args(argv)
+    for name, value in _QUIET.items():  # as `ketapredict` does: offline, no progress bars
+        os.environ.setdefault(name, value)
     try:
         if args.requirements_only:
             uv = find_uv()

@@ -75,8 +75,12 @@ def distances(z: np.ndarray, correlation: np.ndarray) -> tuple[np.ndarray, np.nd
     d2 = np.zeros(len(z))
     contrib = np.zeros_like(z)
     patterns, inverse = np.unique(observed, axis=0, return_inverse=True)
+    # rows of each pattern as slices of one sort: a mask per pattern would cost n per pattern,
+    # and a large batch has tens of thousands of patterns
+    order = np.argsort(inverse.ravel(), kind="stable")
+    ends = np.cumsum(np.bincount(inverse.ravel(), minlength=len(patterns)))
     for g, pattern in enumerate(patterns):
-        rows = np.flatnonzero(inverse.ravel() == g)
+        rows = order[ends[g - 1] if g else 0 : ends[g]]
         cols = np.flatnonzero(pattern)
         if len(cols) == 0:
             continue
@@ -192,16 +196,19 @@ def applicability(
     groups = missing_groups(frame)
     outside = outside_support(frame, reference)
     out = []
-    names = [f.name for f in PREDICTORS]
+    typical = score <= typicality_state["cutoff"]
+    # the explanation of an atypical patient's flag needs its values: read them once, for those
+    atypical = np.flatnonzero(~typical)
+    values = frame[columns].iloc[atypical].to_numpy(dtype=object) if len(atypical) else None
+    rows = dict(zip(atypical.tolist(), range(len(atypical)), strict=True))
     for i in range(len(frame)):
-        typical = bool(score[i] <= typicality_state["cutoff"])
         unusual = []
-        if not typical:  # the explanation of the flag needs the patient's values
-            row = dict(zip(names, frame[names].iloc[i].to_numpy(dtype=object), strict=True))
+        if not typical[i]:
+            row = dict(zip(columns, values[rows[i]], strict=True))  # type: ignore[index]
             unusual = _unusual(row, columns, z[i], contrib[i], d2[i])
         out.append(
             {
-                "typical": typical,
+                "typical": bool(typical[i]),
                 "typicality_percentile": round(float(percent[i]), 2),
                 "unusual_features": unusual,
                 "outside_training_support": outside[i],

@@ -7,15 +7,22 @@ One Engine per process is shared by all threads; SQLite runs in WAL mode with a 
 and `BEGIN IMMEDIATE`, so concurrent writers queue instead of failing, and PostgreSQL gets a
 short connect timeout so `/readyz` answers quickly when the server is gone.
 
+Readiness (`healthy`) must not say "ready" while writes fail: a database that still answers
+reads can refuse writes. The probe takes SQLite's write lock (its BEGIN IMMEDIATE) and asks
+PostgreSQL whether this session may insert (not a standby, not read-only, INSERT granted); and
+after any failed write it also inserts a row in a transaction it rolls back, so the store is
+ready again only when a write works. Its lock waits are short (`PROBE_WAIT_S`).
+
 The patient id never reaches the database: it is turned into its HMAC before the INSERT is
 built, and the engine hides bound parameters from its logs and exception messages.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +42,13 @@ log = logging.getLogger(__name__)
 OUTCOME_ANSWERED = "answered"
 SQLITE_BUSY_TIMEOUT_S = 10.0
 PG_CONNECT_TIMEOUT_S = 2
+#: The readiness probe waits at most this long for a lock (a probe must answer in seconds).
+PROBE_WAIT_S = 2.0
+_PROBE = "readiness-probe"
+_PG_WRITABLE = sa.text(
+    "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off' "
+    "AND has_table_privilege('audit_event', 'INSERT')"
+)
 #: Labels are printable ASCII without spaces: enough for route names, JWT `iss` URLs and
 #: digests, and it keeps free text (where identifiers hide) out of the table.
 _LABEL = re.compile(r"[\x21-\x7e]+")
@@ -122,6 +136,32 @@ def make_engine(url: str | URL) -> Engine:
     )
 
 
+@contextlib.contextmanager
+def _short_waits(conn: sa.Connection) -> Iterator[None]:
+    """Lock waits of at most PROBE_WAIT_S inside the block, on SQLite and PostgreSQL.
+
+    SQLite: the busy timeout is a connection setting, set on the driver connection before the
+    transaction begins (its BEGIN IMMEDIATE already waits) and restored after. PostgreSQL:
+    `SET LOCAL`, which ends with the transaction.
+    """
+    ms = int(PROBE_WAIT_S * 1000)
+    if conn.dialect.name == "sqlite":
+        raw = conn.connection.dbapi_connection
+        raw.execute(f"PRAGMA busy_timeout={ms}")
+        try:
+            yield
+        finally:
+            try:
+                raw.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+            except Exception:  # a dead driver connection: never hand it out again
+                conn.invalidate()
+        return
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {ms}")
+        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")
+    yield
+
+
 class AuditStore:
     """Writes and reads audit records; brings its schema to the latest migration on open.
 
@@ -139,6 +179,7 @@ class AuditStore:
         self._key = check_key(key)
         self.key_id = key_id(key)
         self.engine = make_engine(url)
+        self._write_failed = False  # set by a failed `record`, cleared by any success
         try:
             upgrade(self.engine)
         except SQLAlchemyError as exc:
@@ -160,6 +201,33 @@ class AuditStore:
 
         `result` may be a full `explain()` item: `output_summary` keeps only the whitelist.
         Returns the number of rows written, after the commit.
+        """
+        rows = self.prepare(
+            caller=caller,
+            route=route,
+            model_name=model_name,
+            model_version=model_version,
+            request_id=request_id,
+            patients=patients,
+            occurred_at=occurred_at,
+        )
+        return self.write(rows, request_id=request_id)
+
+    def prepare(
+        self,
+        *,
+        caller: str,
+        route: str,
+        model_name: str,
+        model_version: str,
+        request_id: str,
+        patients: Iterable[tuple[str, Mapping[str, Any], Mapping[str, Any]]],
+        occurred_at: datetime | None = None,
+    ) -> list[dict[str, Any]]:
+        """The rows `record` would write, hashed and summarised, without touching the database.
+
+        Pure given the key, so a batch job can prepare rows in worker processes and have one
+        process `write` them; the patient ids and records go no further than this call.
         """
         common = {
             "occurred_at": _aware(occurred_at or datetime.now(UTC), "occurred_at"),
@@ -184,14 +252,20 @@ class AuditStore:
                 )
             except (KeyError, TypeError, ValueError) as exc:  # messages name no value
                 raise ValueError(f"patient {i}: cannot audit ({type(exc).__name__})") from None
+        return rows
+
+    def write(self, rows: list[dict[str, Any]], *, request_id: str = "") -> int:
+        """Commit prepared rows in one transaction; AuditUnavailable when the store cannot."""
         if not rows:
             return 0
         try:
             with self.engine.begin() as conn:
                 conn.execute(audit_event.insert(), rows)
         except SQLAlchemyError as exc:
+            self._write_failed = True
             log.error("audit write failed (%s); request %s", type(exc).__name__, request_id)
             raise AuditUnavailable(f"audit write failed ({type(exc).__name__})") from exc
+        self._write_failed = False
         return len(rows)
 
     def rows(
@@ -217,14 +291,41 @@ class AuditStore:
         return [AuditRow(**dict(r)) for r in result]
 
     def healthy(self) -> bool:
-        """True when the audit table answers a query: the service is ready only then."""
+        """True when the audit table answers and would take a row: the service is ready only then.
+
+        After a failed write the probe inserts a row and rolls it back (never committed).
+        """
         try:
             with self.engine.connect() as conn:
-                conn.execute(sa.select(audit_event.c.id).limit(0)).all()
+                with _short_waits(conn):
+                    conn.execute(sa.select(audit_event.c.id).limit(0)).all()
+                    postgres = conn.dialect.name == "postgresql"
+                    if postgres and not conn.execute(_PG_WRITABLE).scalar():
+                        log.warning("audit store unhealthy (read-only or no INSERT privilege)")
+                        return False
+                    if self._write_failed:
+                        conn.execute(audit_event.insert(), self._probe_row())
+                    conn.rollback()
         except SQLAlchemyError as exc:
             log.warning("audit store unhealthy (%s)", type(exc).__name__)
             return False
+        self._write_failed = False
         return True
+
+    def _probe_row(self) -> dict[str, Any]:
+        return {
+            "occurred_at": datetime.now(UTC),
+            "request_id": _PROBE,
+            "caller": _PROBE,
+            "route": _PROBE,
+            "model_name": _PROBE,
+            "model_version": _PROBE,
+            "key_id": self.key_id,
+            "patient_key": "0" * 64,
+            "input_sha256": "0" * 64,
+            "output": {},
+            "outcome": "probe",
+        }
 
     def close(self) -> None:
         """Release pooled connections (and SQLite file handles)."""

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.special import expit
 
+from features.schema import INPUT_FIELDS
 from features.simulate import simulate_cohort
 from features.validation import validate_table
+from serving.audit.keys import output_summary
 from serving.predictor import Predictor
+from serving.results import batch_scores, batch_table, explain
 from training.config import LightGBMConfig, TrainConfig
 from training.train import train
 
@@ -80,3 +85,28 @@ def test_training_metrics_and_card(trained) -> None:
     card = result.predictor.metadata["model_card"]
     assert card["performance_heldout"]["auroc"][0] == m["auroc"]
     assert "synthetic" in card["training_data"]["warning"]
+
+
+@pytest.fixture(scope="module", params=["logistic", "lightgbm"])
+def each_kind(request):
+    frame = validate_table(simulate_cohort(400, seed=9), training=True).frame
+    config = replace(FAST, candidates=(request.param,), validation_folds=0)
+    return train(frame, config, name="ketamine-aud-response", synthetic=True).predictor
+
+
+def test_batch_scores_equal_the_per_patient_explanations(each_kind) -> None:
+    """The array path of the batch CLI gives exactly the table and audit summaries of the
+    per-patient path, on patients with gaps, unseen levels, out-of-range values and
+    contraindications."""
+    predictor = each_kind
+    raw = simulate_cohort(300, seed=10)[[f.name for f in INPUT_FIELDS]]
+    raw.loc[3, "ggt_u_l"] = 2999.0
+    raw.loc[4, "psychotherapy"] = None
+    raw.loc[5, "psychosis_history"] = True
+    raw.loc[6, ["hscrp_mg_l", "il6_pg_ml", "tnfa_pg_ml", "il1b_pg_ml", "bdnf_serum_ng_ml"]] = None
+    frame = validate_table(raw).frame
+    items = explain(predictor, frame)
+    table, summaries = batch_scores(predictor, frame)
+    pd.testing.assert_frame_equal(table, batch_table(predictor, frame, results=items))
+    assert [output_summary(s) for s in summaries] == [output_summary(i) for i in items]
+    assert (table["eligibility"] == "contraindicated").any()

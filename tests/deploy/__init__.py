@@ -1,0 +1,1 @@
+"""Deployment: the Bento build and an MLflow tracking server on PostgreSQL."""
