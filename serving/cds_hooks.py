@@ -28,6 +28,7 @@ import re
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -501,6 +502,11 @@ feedback_table = sa.Table(
 )
 
 
+#: PostgreSQL advisory-lock key for creating the feedback table (any constant; distinct from
+#: the audit migrations' key).
+_FEEDBACK_LOCK = zlib.crc32(b"ketapredict.cds_feedback")
+
+
 class FeedbackStore:
     """Idempotent feedback log: the spec lets a card's feedback arrive more than once.
 
@@ -510,7 +516,13 @@ class FeedbackStore:
 
     def __init__(self, url: str = "sqlite:///cds_feedback.db") -> None:
         self.engine = sa.create_engine(url, hide_parameters=True)
-        _meta.create_all(self.engine)
+        # Replicas starting together on one PostgreSQL would race to CREATE TABLE (seen:
+        # DuplicateTable in 1-3 of 8 starts); an advisory lock held by the creating
+        # transaction makes the others wait and then find the table.
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _FEEDBACK_LOCK})
+            _meta.create_all(conn)
 
     def record(self, service_id: str, fb: Feedback) -> bool:
         """Store one item; True if new, False if it was a repeat."""

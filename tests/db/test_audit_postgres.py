@@ -8,6 +8,7 @@ own test runs, against a port that is certainly closed.
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import socket
 import threading
@@ -23,6 +24,7 @@ from sqlalchemy.engine import URL, make_url
 
 from serving.audit import AuditStore, current, downgrade, patient_hash, upgrade
 from serving.audit_export import export
+from serving.cds_hooks import FeedbackStore
 
 PG_URL = os.environ.get(
     "KETAPREDICT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -173,3 +175,26 @@ def test_export_from_postgres(store: AuditStore) -> None:
     bundle = export(store, T0, T0 + timedelta(days=1))
     assert len(Bundle.model_validate(bundle).entry) == 1
     assert SECRET_ID not in json.dumps(bundle)
+
+
+def _open_feedback(url: str) -> str:
+    try:
+        FeedbackStore(url).engine.dispose()
+    except Exception as exc:  # the test reports which error each replica saw
+        return type(exc).__name__
+    return "ok"
+
+
+def test_replicas_starting_together_create_the_feedback_table_once(pg_url: URL) -> None:
+    """Eight processes opening the CDS feedback store on a fresh schema at once all start
+    (without the advisory lock, 1-3 of 8 failed with DuplicateTable)."""
+    url = pg_url.render_as_string(hide_password=False)
+    engine = sa.create_engine(pg_url)
+    try:
+        for _ in range(3):
+            with engine.begin() as conn:
+                conn.execute(sa.text("DROP TABLE IF EXISTS cds_feedback"))
+            with mp.get_context("fork").Pool(8) as pool:
+                assert pool.map(_open_feedback, [url] * 8) == ["ok"] * 8
+    finally:
+        engine.dispose()
