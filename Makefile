@@ -13,7 +13,7 @@ export BENTOML_DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-fast lint format bench clean
+.PHONY: help setup demo test test-fast lint format bench bench-throughput soak clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -51,6 +51,12 @@ format: setup ## apply ruff's formatting and safe fixes
 
 bench: setup ## serving latency and batch throughput, as ratios against in-process baselines
 	$(PY) benchmarks/serve_latency.py
+
+bench-throughput: setup ## ours against `mlflow models serve`: latency, throughput at 1/8/64 clients (wrk), memory, batch
+	$(PY) benchmarks/throughput.py
+
+soak: setup ## 64 clients for 60 s on a fresh server: errors, latency, memory growth, audit rows
+	$(PY) -m tests.faults.soak_run
 
 clean: ## remove the environment, caches and local stores (keeps the source)
 	rm -rf $(VENV) .tools node_modules .pytest_cache .ruff_cache data test-artifacts mlruns/mlflow.db mlruns/artifacts

@@ -134,16 +134,17 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    if args.engine == "spark":
+        return _predict_spark(args)
     import getpass
-    import uuid
 
-    from features.records import to_records
     from features.validation import validate_table
+    from ketapredict.batch_engine import score_and_audit
     from ketapredict.tables import read_table, write_table
     from serving import registry
-    from serving.auditing import audit_answer, open_store
-    from serving.results import batch_table, explain, model_info
+    from serving.auditing import open_store
 
+    args.data, args.out = Path(args.data), Path(args.out)
     validated = validate_table(read_table(args.data))
     for w in validated.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -151,17 +152,9 @@ def _predict(args: argparse.Namespace) -> int:
     predictor = registry.load_predictor(args.model)
     _ensure_audit_env()
     store = open_store()
-    results = explain(predictor, validated.frame)
-    table = batch_table(predictor, validated.frame, results=results)
-    # audit first: an answer may go unwritten, but never unaudited
-    audit_answer(
-        store,
-        caller=f"cli:{getpass.getuser()}",
-        route="cli:predict",
-        model=model_info(predictor),
-        request=str(uuid.uuid4()),
-        records=to_records(validated.frame),
-        results=results,
+    # every chunk is audited before its results are kept; the file is written after them all
+    table = score_and_audit(
+        predictor, validated.frame, store, caller=f"cli:{getpass.getuser()}", jobs=args.jobs
     )
     write_table(table, args.out)
     print(
@@ -171,19 +164,100 @@ def _predict(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from serving import registry
-    from serving.bento_store import import_alias
+def _predict_spark(args: argparse.Namespace) -> int:
+    """The same model as a Spark UDF over a Parquet file or directory (docs/spark.md).
 
-    registry.configure_uri_only()
-    if registry.registry_version(registry.CHAMPION) is None:
-        print(
-            "error: no champion to serve: no version has passed the gate. Train again, or "
-            "promote a version with `ketapredict promote VERSION --reason TEXT`.",
-            file=sys.stderr,
+    Paths stay strings, so cluster URIs (hdfs://, s3a://) reach Spark intact. A session this
+    command creates is stopped at the end; one that already exists is left running.
+    """
+    import getpass
+
+    from pyspark.sql import SparkSession
+
+    from ketapredict import spark_engine
+    from serving import registry
+    from serving.auditing import open_store
+
+    spark_engine.check_paths(args.data, args.out)
+    existing = SparkSession.getActiveSession()
+    spark = spark_engine.session(args.spark_master)
+    try:
+        checked = spark_engine.read_checked(spark, args.data)
+        for w in checked.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        registry.configure_uri_only()
+        _ensure_audit_env()
+        open_store().close()  # migrate and fail fast on the driver, before any patient is scored
+        model = spark_engine.score(
+            spark,
+            checked,
+            args.out,
+            args.model,
+            audit=spark_engine.AuditTarget.from_env(),
+            caller=f"cli:{getpass.getuser()}",
         )
+    finally:
+        if existing is None:
+            spark.stop()
+    print(
+        f"scored {checked.n} patients with {model['name']} version {model['version']} "
+        f"on Spark -> {args.out}"
+    )
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Choose the model, check it, then exec `bentoml serve` on it (docs/operations.md).
+
+    The model: `KETAPREDICT_MODEL_TAG` when set (the registry is not asked); else the
+    registry's champion, imported into the BentoML store; else, when the registry cannot be
+    reached, the newest champion already imported, with a warning. Whichever it is, its files
+    are checked and it is loaded once here, so a missing or corrupt model ends the command
+    with one line instead of a server whose worker fails and restarts forever.
+    """
+    from serving import registry
+    from serving.bento_store import ModelUnusable, import_alias, load_checked, newest_imported
+
+    explicit = os.environ.get("KETAPREDICT_MODEL_TAG", "").strip()
+    if explicit:
+        tag = explicit
+        print(f"model {tag} from KETAPREDICT_MODEL_TAG; the MLflow registry is not consulted")
+    else:
+        uri = registry.configure_uri_only()
+        try:
+            version = registry.alias_version(registry.CHAMPION)
+        except registry.RegistryUnavailable as exc:
+            tag = newest_imported(registry.CHAMPION)
+            if tag is None:
+                print(
+                    f"error: the MLflow registry at {registry.shown_uri(uri)} cannot be reached "
+                    f"({exc}) and the BentoML model store holds no imported champion. Start the "
+                    "tracking server, or set KETAPREDICT_MODEL_TAG to a model in the store.",
+                    file=sys.stderr,
+                )
+                return EXIT_ERROR
+            print(
+                f"WARNING: the MLflow registry at {registry.shown_uri(uri)} cannot be reached "
+                f"({exc}); serving {tag}, the newest champion imported into the BentoML store, "
+                "which may not be the registry's champion now. Set KETAPREDICT_MODEL_TAG to "
+                "choose the model explicitly.",
+                file=sys.stderr,
+            )
+        else:
+            if version is None:
+                print(
+                    "error: no champion to serve: no version has passed the gate. Train again, "
+                    "or promote a version with `ketapredict promote VERSION --reason TEXT`.",
+                    file=sys.stderr,
+                )
+                return EXIT_ERROR
+            tag = import_alias(registry.CHAMPION)
+    try:
+        model, _predictor = load_checked(tag)
+    except ModelUnusable as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    tag = import_alias(registry.CHAMPION)
+    tag = model.tag
     _ensure_audit_env()
     token = _ensure_api_token()
     base = f"http://{args.host}:{args.port}"
@@ -261,6 +335,13 @@ def _demo(args: argparse.Namespace) -> int:
     return _serve(args)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from training.biomarkers_cli import add_parser as add_biomarkers_parser
 
@@ -280,9 +361,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_train)
 
     r = sub.add_parser("predict", help="score a table with the champion (or --model URI)")
-    r.add_argument("--data", type=Path, required=True)
-    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--data", required=True, help="CSV or Parquet (spark: Parquet file or dir)")
+    r.add_argument("--out", required=True, help="CSV or Parquet (spark: a Parquet directory)")
     r.add_argument("--model", default=DEFAULT_MODEL_URI)
+    r.add_argument("--engine", choices=("plain", "spark"), default="plain")
+    r.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=os.cpu_count() or 1,
+        help="plain engine: worker processes (default: one per CPU)",
+    )
+    r.add_argument(
+        "--spark-master",
+        default=None,
+        help="with --engine spark: Spark master (default local[2], or spark-submit's)",
+    )
     r.set_defaults(func=_predict)
 
     add_biomarkers_parser(sub)

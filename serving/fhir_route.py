@@ -84,7 +84,7 @@ def bundle_record(body: Any, *, now: dt.datetime, lookback_days: int = LOOKBACK_
     """
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
         problem = {"field": "Bundle", "message": "expected a FHIR Bundle (a JSON object)"}
-        return 400, {"problems": [problem]}
+        return 400, {"error": "invalid input", "problems": [problem]}
     mapped = bundle_to_record(body, assessed_at=now, lookback_days=lookback_days)
     return 200, {
         "record": mapped.record,

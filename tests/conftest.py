@@ -37,6 +37,19 @@ os.environ.update(
 )
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_tracking_uri() -> Iterator[None]:
+    """`mlflow.set_tracking_uri` also writes MLFLOW_TRACKING_URI into os.environ, so a test that
+    configures MLflow in-process would point every later subprocess on this xdist worker at its
+    store. Put the variable back as it was after each test."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def run_cli(
     *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:
