@@ -99,13 +99,17 @@ FACTORS: tuple[Factor, ...] = (
 FACTOR_NAMES: tuple[str, ...] = tuple(f.name for f in FACTORS)
 
 
-def factor_matrix() -> np.ndarray:
-    """0/1 matrix (n_columns, n_factors) that sums column contributions into factor ones."""
-    index = {name: i for i, name in enumerate(FACTOR_NAMES)}
-    m = np.zeros((len(COLUMNS), len(FACTORS)))
-    for j, col in enumerate(COLUMNS):
-        m[j, index[col.factor]] = 1.0
-    return m
+def to_factors(column_values: np.ndarray) -> np.ndarray:
+    """(n, columns) contributions summed into (n, factors), in `FACTOR_NAMES` order.
+
+    Each factor sums its own columns in a fixed order, row by row, so a patient's factor
+    contributions do not depend on which other patients share the batch (a matrix product
+    with a 0/1 column-to-factor matrix would, in the last bit).
+    """
+    out = np.empty((column_values.shape[0], len(FACTORS)))
+    for k, columns in enumerate(_FACTOR_COLUMNS):
+        out[:, k] = column_values[:, columns].sum(axis=1)
+    return out
 
 
 def factor_values(frame: pd.DataFrame) -> pd.DataFrame:
@@ -142,6 +146,7 @@ def _plan() -> tuple[list[str], list[tuple[str, str, str]]]:
 
 
 _NUMERIC, STEPS = _plan()
+_FACTOR_COLUMNS = [[j for j, c in enumerate(COLUMNS) if c.factor == name] for name in FACTOR_NAMES]
 _CATEGORIES = sorted({name for kind, name, _ in STEPS if kind == "level"})
 
 

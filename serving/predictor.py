@@ -83,9 +83,6 @@ class Predictor:
     uncertainty: dict[str, Any] = field(default_factory=dict)
     typicality: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        self._factor_matrix = tf.factor_matrix()
-
     # ---------------------------------------------------------------- prediction
     def score(self, frame: pd.DataFrame) -> Scores:
         """Calibrated probability, interval and factor contributions for a canonical frame."""
@@ -94,7 +91,7 @@ class Predictor:
         margin = phi.sum(axis=1) + base
         logit = self.calibrator(margin)
         a, b = self.calibrator.slope, self.calibrator.intercept
-        contrib = (a * phi) @ self._factor_matrix
+        contrib = tf.to_factors(a * phi)
         missing_sd = self._missing_sd(frame, X) if self.uncertainty else None
         lower, upper = unc.interval(
             logit, self._member_logits(X), missing_sd, z=self.uncertainty.get("z", unc.Z_95)

@@ -73,7 +73,8 @@ class LinearScorer:
     def margin(self, X: np.ndarray) -> np.ndarray:
         w, on_missing, offset = self.folded
         missing = np.isnan(X)
-        return np.where(missing, 0.0, X) @ w + missing @ on_missing + offset
+        observed = np.where(missing, 0.0, X)
+        return rowwise_dot(observed, w) + rowwise_dot(missing.astype(float), on_missing) + offset
 
     def contributions(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         terms = self._z(X) * self.coef
@@ -131,6 +132,18 @@ class TreeScorer:
         return cls(lgb.Booster(model_str=text))
 
 
+def rowwise_dot(X: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """X @ W computed so that each row's result does not depend on the other rows.
+
+    BLAS blocks a product differently for different numbers of rows, so a patient scored in a
+    batch could differ in the last bit from the same patient alone; einsum's loops sum every
+    row in the same order. Same speed here: the matrices are thin and the model single-threaded.
+    """
+    if W.ndim == 1:
+        return np.einsum("ij,j->i", X, W)
+    return np.einsum("ij,jk->ik", X, W)
+
+
 def stacked_linear_logits(
     scorers: Sequence[LinearScorer], slopes: np.ndarray, intercepts: np.ndarray, X: np.ndarray
 ) -> np.ndarray:
@@ -144,7 +157,8 @@ def stacked_linear_logits(
     on_missing = np.column_stack([f[1] for f in folded]) * slopes
     offset = np.array([f[2] for f in folded]) * slopes + intercepts
     missing = np.isnan(X)
-    return (np.where(missing, 0.0, X) @ w + missing @ on_missing + offset).T
+    observed = np.where(missing, 0.0, X)
+    return (rowwise_dot(observed, w) + rowwise_dot(missing.astype(float), on_missing) + offset).T
 
 
 def load_scorer(kind: str, text: str) -> Scorer:

@@ -85,7 +85,10 @@ def distances(z: np.ndarray, correlation: np.ndarray) -> tuple[np.ndarray, np.nd
         if len(cols) == 0:
             continue
         zo = z[np.ix_(rows, cols)]
-        solved = np.linalg.solve(correlation[np.ix_(cols, cols)], zo.T).T
+        # one inverse per pattern, applied row by row (einsum): a multi-right-hand-side solve
+        # would make a patient's distance depend, in the last bit, on who shares the batch
+        inverse_oo = np.linalg.inv(correlation[np.ix_(cols, cols)])
+        solved = np.einsum("ij,jk->ik", zo, inverse_oo)
         contrib[np.ix_(rows, cols)] = zo * solved
         d2[rows] = contrib[np.ix_(rows, cols)].sum(axis=1)
     return d2, contrib, observed.sum(axis=1)

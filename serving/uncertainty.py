@@ -60,7 +60,10 @@ def member_sd(member_logits: np.ndarray) -> np.ndarray:
     member_logits = np.atleast_2d(np.asarray(member_logits, dtype=float))
     if member_logits.shape[0] < 2:
         return np.zeros(member_logits.shape[1])
-    return member_logits.std(axis=0, ddof=1)
+    # one contiguous row per patient: numpy sums a contiguous row the same way whatever the
+    # number of rows, while a reduction down axis 0 changes its summation order with the
+    # number of columns (so a patient's interval would depend on who shares the batch)
+    return np.ascontiguousarray(member_logits.T).std(axis=1, ddof=1)
 
 
 def interval(

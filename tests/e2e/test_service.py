@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -356,3 +358,37 @@ def test_security_tokens_and_jwts_are_enforced(server: Server) -> None:
     assert httpx.get(disc, headers=other_aud).status_code == 401
     log = server.log.read_text()
     assert API_TOKEN not in log and headers["Authorization"].split()[1] not in log
+
+
+def _batch_metric(server: Server, name: str) -> float:
+    text = server.http.get(f"{server.url}/metrics").text
+    for line in text.splitlines():
+        if line.startswith(f"ketapredict_predict_batch_requests_{name} "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_simultaneous_requests_are_batched_and_answered_as_if_alone(
+    workspace: Workspace, server: Server
+) -> None:
+    """Requests arriving together share natural batches, and each gets, to the last bit, the
+    answer it gets alone (per-request audit ids: tests/unit/test_batcher.py)."""
+    records = _records(workspace)[:32]
+    url = f"{server.url}/v1/predict"
+    alone = [server.http.post(url, json={"patients": [r]}).json()["predictions"] for r in records]
+    before = _batch_metric(server, "count"), _batch_metric(server, "sum")
+    start = threading.Barrier(len(records))
+
+    def post(i: int) -> httpx.Response:
+        headers = {**server.http.headers, "x-request-id": f"batch-test-{i}"}
+        with httpx.Client(headers=headers, timeout=60) as client:
+            start.wait()
+            return client.post(url, json={"patients": [records[i]]})
+
+    with ThreadPoolExecutor(len(records)) as pool:
+        answers = list(pool.map(post, range(len(records))))
+    assert [a.status_code for a in answers] == [200] * len(records)
+    assert [a.json()["predictions"] for a in answers] == alone
+    batches = _batch_metric(server, "count") - before[0]
+    assert _batch_metric(server, "sum") - before[1] == len(records)
+    assert batches < len(records), "32 simultaneous requests were never scored together"

@@ -110,3 +110,12 @@ def test_batch_scores_equal_the_per_patient_explanations(each_kind) -> None:
     pd.testing.assert_frame_equal(table, batch_table(predictor, frame, results=items))
     assert [output_summary(s) for s in summaries] == [output_summary(i) for i in items]
     assert (table["eligibility"] == "contraindicated").any()
+
+
+def test_a_patient_gets_the_same_numbers_alone_as_in_any_batch(each_kind) -> None:
+    """To the last bit: requests scored together (natural batching) must not change answers."""
+    raw = simulate_cohort(150, seed=13)[[f.name for f in INPUT_FIELDS]]
+    frame = validate_table(raw).frame
+    together = explain(each_kind, frame)
+    for i in (0, 7, 64, 149):
+        assert explain(each_kind, frame.iloc[[i]].reset_index(drop=True))[0] == together[i]

@@ -66,9 +66,15 @@ def test_batch_equals_row_by_row_and_input_unchanged() -> None:
         np.testing.assert_array_equal(X.iloc[[i]].to_numpy(), tf.transform(row).to_numpy())
 
 
-def test_factor_matrix_maps_each_column_to_one_factor() -> None:
-    m = tf.factor_matrix()
-    assert m.shape == (len(tf.FEATURE_NAMES), len(tf.FACTOR_NAMES))
-    assert np.all(m.sum(axis=1) == 1)
+def test_each_column_folds_into_exactly_one_factor() -> None:
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(5, len(tf.FEATURE_NAMES)))
+    folded = tf.to_factors(values)
+    assert folded.shape == (5, len(tf.FACTOR_NAMES))
+    np.testing.assert_allclose(folded.sum(axis=1), values.sum(axis=1), rtol=1e-12)
     psy = tf.FACTOR_NAMES.index("psychotherapy")
-    assert m[:, psy].sum() == 4  # four non-"none" levels fold into one factor
+    levels = [j for j, n in enumerate(tf.FEATURE_NAMES) if n.startswith("psychotherapy=")]
+    assert len(levels) == 4  # four non-"none" levels fold into one factor
+    np.testing.assert_allclose(folded[:, psy], values[:, levels].sum(axis=1), rtol=1e-12)
+    # a patient's factors do not depend on the other rows, to the last bit
+    assert np.array_equal(tf.to_factors(values[2:3]), folded[2:3])
