@@ -335,6 +335,17 @@ def _demo(args: argparse.Namespace) -> int:
     return _serve(args)
 
 
+def _bento(args: argparse.Namespace) -> int:
+    from serving.build import build_bento
+
+    built = build_bento(args.alias, version=args.version)
+    print(
+        f"built {built.tag} with {built.model_tag} ({built.registered_model} version "
+        f"{built.registered_version}, {built.alias})"
+    )
+    return EXIT_OK
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -379,6 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_predict)
 
     add_biomarkers_parser(sub)
+
+    b = sub.add_parser("bento", help="build a Bento with the champion (or an alias) inside")
+    b.add_argument("--alias", default="champion", choices=("champion", "challenger"))
+    b.add_argument("--version", default=None, help="the Bento's version (default: BentoML's)")
+    b.set_defaults(func=_bento)
 
     m = sub.add_parser("promote", help="move an alias to a version, with a recorded reason")
     m.add_argument("version")
