@@ -10,6 +10,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 import traceback
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -356,3 +357,28 @@ def test_parse_instant() -> None:
     assert parse_instant("2025-03-01T12:00") == T0
     with pytest.raises(ValueError):
         parse_instant("yesterday")
+
+
+def test_sqlite_checkpoints_run_in_the_background_not_in_a_commit(tmp_path: Path) -> None:
+    """Automatic checkpoints are off on the store's connections (a commit never copies the
+    log), and the background checkpointer copies it instead."""
+    store = AuditStore(f"sqlite:///{tmp_path / 'audit.db'}", key=KEY)
+    checkpointer = store.checkpointer
+    assert checkpointer is not None
+    try:
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+        checkpointer.every_s = 0.05
+        for _ in range(20):
+            write(store)
+        deadline = time.monotonic() + 10
+        while checkpointer.checkpoints == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert checkpointer.checkpoints > 0
+        raw = sqlite3.connect(tmp_path / "audit.db")
+        busy, log_frames, copied = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        raw.close()
+        assert busy == 0 and log_frames == copied
+    finally:
+        store.close()
+    assert not checkpointer._thread.is_alive()
