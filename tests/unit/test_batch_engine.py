@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,18 +14,15 @@ from features.validation import validate_table
 from ketapredict.batch_engine import score_and_audit
 from serving.audit import AuditStore, AuditUnavailable
 from serving.audit.keys import patient_hash
+from serving.predictor import Predictor
 from serving.results import batch_table
-from tests.unit.test_predictor import FAST
-from training.train import train
 
 KEY = bytes(range(32))
 
 
-@pytest.fixture(scope="module")
-def predictor():
-    frame = validate_table(simulate_cohort(400, seed=9), training=True).frame
-    config = replace(FAST, candidates=("logistic",), validation_folds=0)
-    return train(frame, config, name="ketamine-aud-response", synthetic=True).predictor
+@pytest.fixture
+def predictor(logistic_predictor: Predictor) -> Predictor:
+    return logistic_predictor
 
 
 @pytest.fixture(scope="module")

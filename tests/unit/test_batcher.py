@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,9 +15,8 @@ from features.simulate import simulate_cohort
 from features.validation import InvalidInput, validate_records, validate_table
 from serving.audit import AuditStore
 from serving.batcher import NaturalBatcher, Submission, predict_and_audit
+from serving.predictor import Predictor
 from serving.results import explain
-from tests.unit.test_predictor import FAST
-from training.train import train
 
 KEY = bytes(range(32))
 
@@ -65,11 +63,9 @@ def test_an_item_error_reaches_its_caller_alone_and_a_batch_error_reaches_all() 
     assert all(isinstance(o, RuntimeError) for o in out[1:])
 
 
-@pytest.fixture(scope="module")
-def predictor():
-    frame = validate_table(simulate_cohort(400, seed=9), training=True).frame
-    config = replace(FAST, candidates=("logistic",), validation_folds=0)
-    return train(frame, config, name="ketamine-aud-response", synthetic=True).predictor
+@pytest.fixture
+def predictor(logistic_predictor: Predictor) -> Predictor:
+    return logistic_predictor
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from features.validation import validate_records, validate_table
 from serving.fhir_out import check_risk_assessment
 from serving.fhir_route import fhir_predict
 from serving.results import explain
-from tests.unit.test_predictor import FAST
+from tests.unit.conftest import FAST
 from training.train import train
 
 AT = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +16,8 @@ from features.validation import validate_table
 from serving.audit.keys import output_summary
 from serving.predictor import Predictor
 from serving.results import batch_scores, batch_table, explain
-from training.config import LightGBMConfig, TrainConfig
+from tests.unit.conftest import FAST
 from training.train import train
-
-FAST = TrainConfig(
-    validation_folds=2,
-    fairness_resamples=20,
-    outer_folds=2,
-    inner_folds=2,
-    n_bootstrap=8,
-    auroc_ci_resamples=100,
-    logistic_c_grid=(0.01, 0.1, 1.0),
-    lightgbm=LightGBMConfig(grid=((4, 0.05),), max_rounds=300),
-)
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +73,6 @@ def test_training_metrics_and_card(trained) -> None:
     card = result.predictor.metadata["model_card"]
     assert card["performance_heldout"]["auroc"][0] == m["auroc"]
     assert "synthetic" in card["training_data"]["warning"]
-
-
-@pytest.fixture(scope="module", params=["logistic", "lightgbm"])
-def each_kind(request):
-    frame = validate_table(simulate_cohort(400, seed=9), training=True).frame
-    config = replace(FAST, candidates=(request.param,), validation_folds=0)
-    return train(frame, config, name="ketamine-aud-response", synthetic=True).predictor
 
 
 def test_batch_scores_equal_the_per_patient_explanations(each_kind) -> None:
