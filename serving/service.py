@@ -95,6 +95,12 @@ def _audit_refusal(media_type: str) -> Response:
     )
 
 
+#: `KETAPREDICT_BATCHING=natural` scores requests that arrive together as one batch
+#: (`serving.batcher`): 11.6x the peer's throughput at 64 clients instead of 1.2x. Off by
+#: default for now: in a 50-client load test run beside the fault tests, a few requests (1-10
+#: of ~2,500) lost their connection without an answer or an audit row; not yet explained.
+BATCHING_ENV = "KETAPREDICT_BATCHING"
+NATURAL_BATCHING = os.environ.get(BATCHING_ENV, "off").strip().lower() == "natural"
 #: Patients per natural batch of `/v1/predict`: past a few hundred the per-patient cost no
 #: longer falls, while the requests in the batch all wait for its slowest part.
 MAX_BATCH_PATIENTS = 256
@@ -152,30 +158,52 @@ class KetaPredict:
     def __is_ready__(self) -> bool:
         return self.predictor is not None and self.audit.healthy()
 
-    @bentoml.api(route="/v1/predict")
-    async def predict(self, patients: PatientBatch, ctx: bentoml.Context) -> PredictResponse:
-        """Calibrated probability, interval, SHAP factors, eligibility and warnings per patient.
-
-        Requests that arrive while others are being scored are scored together with them
-        (`serving.batcher`), each audited under its own caller and request id. Answers 503
-        when the audit store cannot record the answer.
-        """
+    def _submission(self, patients: PatientBatch, ctx: bentoml.Context) -> Submission:
         caller = getattr(getattr(ctx.request, "state", None), "caller", None)
-        submission = Submission(
+        return Submission(
             records=[p.model_dump(mode="json") for p in patients],
             caller=getattr(caller, "label", "unauthenticated"),
             request_id=request_id(ctx.request.headers),
         )
-        try:
-            predictions = await self.batcher.submit(submission)
-        except AuditUnavailable as exc:
-            raise ServiceUnavailable(AUDIT_REFUSAL) from exc
+
+    def _response(self, predictions: list[dict[str, Any]]) -> PredictResponse:
         return PredictResponse(
             predictions=predictions,
             model=model_info(self.predictor),
             synthetic_data=self.synthetic,
             notice=self.notice,
         )
+
+    if NATURAL_BATCHING:
+
+        @bentoml.api(route="/v1/predict")
+        async def predict(self, patients: PatientBatch, ctx: bentoml.Context) -> PredictResponse:
+            """Calibrated probability, interval, SHAP factors, eligibility and warnings per
+            patient. Requests that arrive while others are being scored are scored together
+            with them (`serving.batcher`), each audited under its own caller and request id.
+            Answers 503 when the audit store cannot record the answer.
+            """
+            try:
+                predictions = await self.batcher.submit(self._submission(patients, ctx))
+            except AuditUnavailable as exc:
+                raise ServiceUnavailable(AUDIT_REFUSAL) from exc
+            return self._response(predictions)
+
+    else:
+
+        @bentoml.api(route="/v1/predict")
+        def predict(self, patients: PatientBatch, ctx: bentoml.Context) -> PredictResponse:
+            """Calibrated probability, interval, SHAP factors, eligibility and warnings per
+            patient, one request at a time. Answers 503 when the audit store cannot record the
+            answer.
+            """
+            sub = self._submission(patients, ctx)
+            try:
+                predictions = predict_and_audit(self.predictor, self.audit, "/v1/predict", [sub])
+            except AuditUnavailable as exc:
+                raise ServiceUnavailable(AUDIT_REFUSAL) from exc
+            _observe_batch(1, len(sub.records))
+            return self._response(predictions[0])  # type: ignore[arg-type]
 
     def _audit(
         self,

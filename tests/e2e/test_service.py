@@ -7,6 +7,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -23,7 +24,16 @@ from ketapredict.tables import read_table
 from serving.cds_fetch import LOCAL_KEY
 from serving.cds_hooks import assert_cds_response_valid
 from serving.fhir_out import check_risk_assessment
-from tests.conftest import API_TOKEN, Server, Workspace, run_cli
+from tests.conftest import (
+    API_TOKEN,
+    Server,
+    Workspace,
+    free_port,
+    run_cli,
+    start_server,
+    stop,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -360,27 +370,47 @@ def test_security_tokens_and_jwts_are_enforced(server: Server) -> None:
     assert API_TOKEN not in log and headers["Authorization"].split()[1] not in log
 
 
-def _batch_metric(server: Server, name: str) -> float:
-    text = server.http.get(f"{server.url}/metrics").text
-    for line in text.splitlines():
+def _batch_metric(http: httpx.Client, url: str, name: str) -> float:
+    for line in http.get(f"{url}/metrics").text.splitlines():
         if line.startswith(f"ketapredict_predict_batch_requests_{name} "):
             return float(line.split()[1])
     return 0.0
 
 
+@pytest.fixture(scope="module")
+def batching_server(
+    workspace: Workspace, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, httpx.Client]]:
+    """The service with `KETAPREDICT_BATCHING=natural` (off by default)."""
+    home = tmp_path_factory.mktemp("bentoml-batching")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = workspace.path / "serve-batching.log"
+    env = {"KETAPREDICT_API_TOKENS": API_TOKEN, "KETAPREDICT_BATCHING": "natural"}
+    process = start_server(workspace.path, home, port, log, env)
+    http = httpx.Client(headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=60)
+    try:
+        wait_ready(url, process, log)
+        yield url, http
+    finally:
+        http.close()
+        stop(process)
+
+
 def test_simultaneous_requests_are_batched_and_answered_as_if_alone(
-    workspace: Workspace, server: Server
+    workspace: Workspace, batching_server: tuple[str, httpx.Client]
 ) -> None:
-    """Requests arriving together share natural batches, and each gets, to the last bit, the
-    answer it gets alone (per-request audit ids: tests/unit/test_batcher.py)."""
+    """With natural batching on, requests arriving together share batches, and each gets, to
+    the last bit, the answer it gets alone (per-request audit ids: tests/unit/test_batcher.py)."""
+    base, http = batching_server
     records = _records(workspace)[:32]
-    url = f"{server.url}/v1/predict"
-    alone = [server.http.post(url, json={"patients": [r]}).json()["predictions"] for r in records]
-    before = _batch_metric(server, "count"), _batch_metric(server, "sum")
+    url = f"{base}/v1/predict"
+    alone = [http.post(url, json={"patients": [r]}).json()["predictions"] for r in records]
+    before = _batch_metric(http, base, "count"), _batch_metric(http, base, "sum")
     start = threading.Barrier(len(records))
 
     def post(i: int) -> httpx.Response:
-        headers = {**server.http.headers, "x-request-id": f"batch-test-{i}"}
+        headers = {**http.headers, "x-request-id": f"batch-test-{i}"}
         with httpx.Client(headers=headers, timeout=60) as client:
             start.wait()
             return client.post(url, json={"patients": [records[i]]})
@@ -389,6 +419,6 @@ def test_simultaneous_requests_are_batched_and_answered_as_if_alone(
         answers = list(pool.map(post, range(len(records))))
     assert [a.status_code for a in answers] == [200] * len(records)
     assert [a.json()["predictions"] for a in answers] == alone
-    batches = _batch_metric(server, "count") - before[0]
-    assert _batch_metric(server, "sum") - before[1] == len(records)
+    batches = _batch_metric(http, base, "count") - before[0]
+    assert _batch_metric(http, base, "sum") - before[1] == len(records)
     assert batches < len(records), "32 simultaneous requests were never scored together"
