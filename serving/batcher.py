@@ -45,13 +45,15 @@ class NaturalBatcher(Generic[T, R]):
     """Called with (items, patients) per batch: for metrics."""
     _queue: list[tuple[T, asyncio.Future[R]]] = field(default_factory=list, init=False)
     _running: bool = field(default=False, init=False)
+    _task: asyncio.Task[None] | None = field(default=None, init=False)
 
     async def submit(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
         if not self._running:
             self._running = True
-            asyncio.get_running_loop().create_task(self._drain())
+            # the loop holds tasks weakly: keep the running batch's task alive here
+            self._task = asyncio.get_running_loop().create_task(self._drain())
         return await future
 
     def _next_batch(self) -> list[tuple[T, asyncio.Future[R]]]:

@@ -115,8 +115,8 @@ def test_one_bad_request_or_a_shared_pseudonym_harms_no_other(
 
 
 def test_a_running_batch_survives_garbage_collection() -> None:
-    """The event loop keeps only weak references to tasks: a batch task nobody holds would be
-    collected mid-flight (seen in CI as ~10 requests dropped at once, ~12 s into a load test)."""
+    """The event loop keeps only weak references to tasks; garbage collection while a batch
+    runs must not lose it or its callers' answers."""
 
     def work(items: list[int]) -> list[int]:
         time.sleep(0.2)
