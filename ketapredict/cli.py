@@ -206,6 +206,10 @@ def _predict_spark(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: Seconds an idle keep-alive connection stays open on the server (see `_serve`).
+KEEP_ALIVE_S = 75
+
+
 def _serve(args: argparse.Namespace) -> int:
     """Choose the model, check it, then exec `bentoml serve` on it (docs/operations.md).
 
@@ -282,6 +286,10 @@ def _serve(args: argparse.Namespace) -> int:
         args.host,
         "--port",
         str(args.port),
+        # longer than clients' pool expiry (httpx 5 s, load balancers typically 60 s): with
+        # uvicorn's 5 s a client could reuse a connection the server was just closing
+        "--timeout-keep-alive",
+        str(KEEP_ALIVE_S),
     ]
     os.chdir(Path(__file__).resolve().parent.parent)
     os.execve(bentoml, cmd, env)

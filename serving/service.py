@@ -98,7 +98,9 @@ def _audit_refusal(media_type: str) -> Response:
 #: `KETAPREDICT_BATCHING=natural` scores requests that arrive together as one batch
 #: (`serving.batcher`): 11.6x the peer's throughput at 64 clients instead of 1.2x. Off by
 #: default for now: in a 50-client load test run beside the fault tests, a few requests (1-10
-#: of ~2,500) lost their connection without an answer or an audit row; not yet explained.
+#: of ~2,500) lost their connection without an answer or an audit row. The likely cause was
+#: uvicorn's 5 s keep-alive racing the client's 5 s pool expiry on a starved machine: with
+#: `ketapredict serve`'s keep-alive at 75 s, two such runs with batching on lost none.
 BATCHING_ENV = "KETAPREDICT_BATCHING"
 NATURAL_BATCHING = os.environ.get(BATCHING_ENV, "off").strip().lower() == "natural"
 #: Patients per natural batch of `/v1/predict`: past a few hundred the per-patient cost no
