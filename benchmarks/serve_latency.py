@@ -7,7 +7,7 @@ request/response models, and a bare HTTP round trip to `/healthz`. The four call
 interleaved patient by patient in rotating order, so machine noise lands on all of them alike.
 
 Batch: wall time of `ketapredict predict` with explanations (process start, imports, model load,
-CSV read, scoring, CSV write) against in-process `validate_table` + `batch_table` on the same
+CSV read, scoring, CSV write) against in-process `validate_table` + `batch_scores` on the same
 table, plus a one-patient CLI run that measures the CLI's fixed cost.
 
 The machine is shared and noisy, so nothing here asserts a time: results are printed (and
@@ -50,7 +50,7 @@ from ketapredict.tables import read_table
 from serving import registry
 from serving.api_models import PatientBatch, PredictResponse
 from serving.predictor import Predictor
-from serving.results import batch_table, explain, model_info
+from serving.results import batch_scores, explain, model_info
 
 HOST = "127.0.0.1"
 CHAMPION_URI = f"models:/{registry.REGISTERED_MODEL}@{registry.CHAMPION}"
@@ -299,7 +299,7 @@ def measure_batch(workdir: Path, predictor: Predictor, n: int) -> dict[str, Any]
     raw = read_table(big)
     gc.collect()
     start = time.perf_counter()
-    table = batch_table(predictor, validate_table(raw).frame)
+    table, _ = batch_scores(predictor, validate_table(raw).frame)
     in_process_s = time.perf_counter() - start
 
     from_cli = pd.read_csv(scored)
@@ -395,7 +395,7 @@ def batch_lines(results: dict[str, Any]) -> list[str]:
         f"{b['cli_patients_per_s']:9,.0f} patients/s",
         f"  CLI on one patient (its fixed cost)                          "
         f"{b['cli_one_patient_wall_s']:7.2f} s",
-        f"  in-process validate_table + batch_table                      "
+        f"  in-process validate_table + batch_scores                     "
         f"{b['in_process_s']:7.2f} s {b['in_process_patients_per_s']:9,.0f} patients/s",
         "",
         f"  CLI {b['cli_patients_per_s']:,.0f} patients/s = "

@@ -73,10 +73,7 @@ def explain(
 ) -> list[dict[str, Any]]:
     """Full per-patient results (the `/v1/predict` payload items)."""
     scores = scores or predictor.score(frame)
-    eligibility = safety.assess_frame(frame)
-    blocks = predictor.applicability(frame)
-    outside = [b["outside_training_support"] for b in blocks]
-    warnings = warnings_for(frame, predictor.reference, outside)
+    eligibility, blocks, warnings = _assessments(predictor, frame)
     units = _factor_units()
     labels = [f.label for f in tf.FACTORS]
     values = scores.values.to_numpy(dtype=object)  # scalar access on a DataFrame is slow
@@ -104,13 +101,31 @@ def explain(
                     }
                     for j in order
                 ],
-                "eligibility": _eligibility_dict(eligibility[i]),
+                "eligibility": eligibility[i],
                 "applicability": blocks[i],
-                "warnings": warnings[i] + typ.warnings_from(blocks[i]),
+                "warnings": warnings[i],
                 "model": model,
             }
         )
     return out
+
+
+def _assessments(
+    predictor: Predictor, frame: pd.DataFrame
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[list[dict[str, Any]]]]:
+    """Per patient: eligibility, applicability block and warnings, for every result shape.
+
+    The warnings are derived from the applicability block (its outside-training-support list
+    and typicality), so that check runs once per patient.
+    """
+    eligibility = [_eligibility_dict(e) for e in safety.assess_frame(frame)]
+    blocks = predictor.applicability(frame)
+    outside = [b["outside_training_support"] for b in blocks]
+    warnings = [
+        w + typ.warnings_from(b)
+        for w, b in zip(warnings_for(frame, predictor.reference, outside), blocks, strict=True)
+    ]
+    return eligibility, blocks, warnings
 
 
 def _eligibility_dict(e: safety.Eligibility) -> dict[str, Any]:
@@ -164,13 +179,7 @@ def batch_scores(
     patient, the fields `serving.audit.output_summary` reads.
     """
     scores = scores or predictor.score(frame)
-    eligibility = [_eligibility_dict(e) for e in safety.assess_frame(frame)]
-    blocks = predictor.applicability(frame)
-    outside = [b["outside_training_support"] for b in blocks]
-    warnings = [
-        w + typ.warnings_from(b)
-        for w, b in zip(warnings_for(frame, predictor.reference, outside), blocks, strict=True)
-    ]
+    eligibility, blocks, warnings = _assessments(predictor, frame)
     bands = np.select(
         [scores.probability < upper for upper, _ in RISK_BANDS],
         [name for _, name in RISK_BANDS],
