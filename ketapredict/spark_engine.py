@@ -364,9 +364,18 @@ def _write_then_publish(spark: SparkSession, table: DataFrame, out: str) -> None
         raise RuntimeError(f"could not move the scores into place; they are in {staging}")
 
 
+#: Root exceptions whose messages are ours and name no value; any other root exception is
+#: reported by its type alone, since an executor's message may quote a patient's record.
+_VALUE_FREE_ERRORS = frozenset({"AuditUnavailable"})
+
+
 def _cause(exc: Exception) -> str:
     """The root Python exception of a failed Spark job, one line (Spark's text is pages)."""
     lines = str(exc).splitlines()
     starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
     tail = lines[starts[-1] + 1 :] if starts else []
-    return next((line for line in tail if line and not line[0].isspace()), type(exc).__name__)
+    root = next((line for line in tail if line and not line[0].isspace()), None)
+    if root is None:
+        return type(exc).__name__
+    kind = root.split(":", 1)[0].strip()
+    return root if kind.rsplit(".", 1)[-1] in _VALUE_FREE_ERRORS else kind
