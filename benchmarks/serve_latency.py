@@ -49,8 +49,9 @@ from features.validation import canonical_columns, validate_records, validate_ta
 from ketapredict.tables import read_table
 from serving import registry
 from serving.api_models import PatientBatch, PredictResponse
+from serving.batch_results import batch_scores
 from serving.predictor import Predictor
-from serving.results import batch_scores, explain, model_info
+from serving.results import explain, model_info
 
 HOST = "127.0.0.1"
 CHAMPION_URI = f"models:/{registry.REGISTERED_MODEL}@{registry.CHAMPION}"

@@ -1,6 +1,6 @@
 """The plain batch engine of `ketapredict predict`: chunks, worker processes, audit first.
 
-A validated table is cut into chunks; each chunk is scored (`serving.results.batch_scores`,
+A validated table is cut into chunks; each chunk is scored (`serving.batch_results.batch_scores`,
 explanations included) and its audit rows are prepared (keyed hashes, output summaries) in a
 worker process, so the CPU-heavy parts run on every core. The parent commits each chunk's audit
 rows, in chunk order, before it keeps that chunk's results, and writes the output file only
@@ -14,16 +14,15 @@ import multiprocessing as mp
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from features.records import to_records
-from features.schema import ID_FIELD
 from serving.audit import AuditStore
+from serving.audit.store import Prepared
+from serving.batch_results import batch_scores
 from serving.predictor import Predictor
-from serving.results import batch_scores, model_info
+from serving.results import model_info
 
 #: Rows per chunk: large enough that per-chunk costs vanish, small enough that a worker's
 #: intermediate arrays stay well below a gigabyte.
@@ -45,23 +44,23 @@ class Job:
 _JOB: Job | None = None
 
 
-def _score_chunk(bounds: tuple[int, int]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+def _score_chunk(bounds: tuple[int, int]) -> tuple[pd.DataFrame, Prepared]:
     """Score rows [start, stop) and prepare their audit rows (no database access here)."""
     if _JOB is None:
         raise RuntimeError("batch worker started without a job")
     start, stop = bounds
     frame = _JOB.frame.iloc[start:stop]
     with threadpool_limits(1):
-        table, summaries = batch_scores(_JOB.predictor, frame)
+        table, outputs = batch_scores(_JOB.predictor, frame)
     model = model_info(_JOB.predictor)
-    ids = frame[ID_FIELD].astype(str).tolist()
-    rows = _JOB.store.prepare(
+    rows = _JOB.store.prepare_table(
         caller=_JOB.caller,
         route=_JOB.route,
         model_name=model["name"],
         model_version=model["version"],
         request_id=_JOB.request_id,
-        patients=zip(ids, to_records(frame), summaries, strict=True),
+        frame=frame,
+        outputs=outputs,
     )
     return table, rows
 
@@ -70,7 +69,7 @@ def _chunks(n: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-def _results(job: Job, jobs: int, size: int) -> Iterator[tuple[pd.DataFrame, list[dict]]]:
+def _results(job: Job, jobs: int, size: int) -> Iterator[tuple[pd.DataFrame, Prepared]]:
     global _JOB  # noqa: PLW0603 - the one hand-over to forked workers
     _JOB = job
     bounds = _chunks(len(job.frame), size)

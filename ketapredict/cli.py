@@ -220,8 +220,14 @@ def _serve(args: argparse.Namespace) -> int:
     with one line instead of a server whose worker fails and restarts forever.
     """
     from serving import registry
+    from serving.batcher import natural_batching
     from serving.bento_store import ModelUnusable, import_alias, load_checked, newest_imported
 
+    try:
+        natural_batching(os.environ)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     explicit = os.environ.get("KETAPREDICT_MODEL_TAG", "").strip()
     if explicit:
         tag = explicit

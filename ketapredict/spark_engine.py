@@ -8,10 +8,10 @@ the same artifact as the plain CLI and the service. The rest follows the plain e
   back to the driver. Duplicate ids are the one cross-row rule: Spark groups the ids itself
   and the driver receives only the positions of repeats.
 - The UDF's numbers (`serving.results.scores_frame`: probability, interval, SHAP per factor)
-  go through `serving.results.batch_scores` on the executors, so risk band, top
+  go through `serving.batch_results.batch_scores` on the executors, so risk band, top
   factors, eligibility, warnings and applicability come from the plain engine's functions and
   the output has its columns, plus `logit` and one `shap__<factor>` column per factor.
-- Each batch is audited (`serving.auditing.audit_answer`) before its rows reach the writer,
+- Each batch is audited (`AuditStore.prepare_table`, then `write`) before its rows reach the writer,
   and the output directory appears under `--out` only after the whole job succeeded.
   A retried task audits its patients again under the same request id: at least once, never
   zero times (docs/spark.md, "Task retries").
@@ -34,14 +34,14 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import BooleanType, DataType, DoubleType, StringType, StructField, StructType
 
 from features import transform as tf
-from features.records import to_records
 from features.schema import ID_FIELD, INPUT_FIELDS
 from features.validation import WHOLE, InvalidInput, Problem, validate_table
 from serving import registry
 from serving.audit import AuditStore, key_from_env
-from serving.auditing import URL_ENV, audit_answer
+from serving.auditing import URL_ENV
+from serving.batch_results import batch_scores
 from serving.predictor import Predictor, Scores
-from serving.results import TOP_FACTORS, batch_scores, model_info
+from serving.results import TOP_FACTORS, model_info
 
 ROUTE = "cli:predict-spark"
 DEFAULT_MASTER = "local[2]"
@@ -321,19 +321,23 @@ def _explain_and_audit(
             contributions=s[list(_SHAP)].to_numpy(dtype=float),
             values=tf.factor_values(frame),
         )
-        table, summaries = batch_scores(facts, frame, scores=scores)
+        table, outputs = batch_scores(facts, frame, scores=scores)
         if list(table.columns) != [n for n, _ in _TABLE]:
             raise RuntimeError(
                 "serving.results.batch_table changed; update ketapredict.spark_engine"
             )
-        audit_answer(
-            store,
-            caller=caller,
-            route=ROUTE,
-            model=model_info(facts),
-            request=request,
-            records=to_records(frame),
-            results=summaries,
+        model = model_info(facts)
+        store.write(
+            store.prepare_table(
+                caller=caller,
+                route=ROUTE,
+                model_name=model["name"],
+                model_version=model["version"],
+                request_id=request,
+                frame=frame,
+                outputs=outputs,
+            ),
+            request_id=request,
         )
         yield pd.concat([table, s[["logit", *_SHAP]]], axis=1)[OUTPUT.fieldNames()]
 

@@ -29,7 +29,7 @@ def _fmt(value: float, unit: str) -> str:
 _OPTIONAL = [f.name for f in PREDICTORS if not f.required]
 
 
-def _missing(names: list[str]) -> list[dict[str, Any]]:
+def missing_input_warnings(names: Sequence[str]) -> list[dict[str, Any]]:
     """One warning per data-dictionary group with missing optional inputs."""
     return [
         {"code": "missing_input", "fields": list(fields), "message": message}
@@ -94,7 +94,7 @@ def warnings_for(
     gaps = frame[_OPTIONAL].isna().to_numpy()
     out = []
     for i in range(len(frame)):
-        warnings = _missing([_OPTIONAL[j] for j in np.flatnonzero(gaps[i])])
+        warnings = missing_input_warnings([_OPTIONAL[j] for j in np.flatnonzero(gaps[i])])
         if outside[i]:
             row = {name: frame[name].iat[i] for name in outside[i]}
             warnings += _outside(row, outside[i], reference)

@@ -13,7 +13,7 @@ runs at a time per worker, so the model keeps its single thread.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -21,11 +21,28 @@ from starlette.concurrency import run_in_threadpool
 
 from features.validation import InvalidInput, validate_records
 from serving.audit import AuditStore, AuditUnavailable
+from serving.audit.store import Prepared
 from serving.predictor import Predictor
 from serving.results import explain, model_info
 
+#: The environment variable that chooses how `/v1/predict` runs, and the values it takes.
+BATCHING_ENV = "KETAPREDICT_BATCHING"
+BATCHING_MODES = ("natural", "off")
+
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def natural_batching(environ: Mapping[str, str]) -> bool:
+    """Whether `/v1/predict` batches naturally: yes unless `KETAPREDICT_BATCHING=off`.
+
+    Unset or empty means the default; any other value is refused rather than read as "off":
+    a typo must not quietly change how the service behaves under load.
+    """
+    mode = (environ.get(BATCHING_ENV) or "natural").strip().lower()
+    if mode not in BATCHING_MODES:
+        raise ValueError(f"{BATCHING_ENV} must be one of {', '.join(BATCHING_MODES)}, not {mode!r}")
+    return mode == "natural"
 
 
 @dataclass
@@ -127,19 +144,23 @@ def predict_and_audit(
         frame = validate_records(subs[0].records).frame
     predictions = explain(predictor, frame)
     model = model_info(predictor)
-    rows: list[dict[str, Any]] = []
+    rows: list[Prepared] = []
     out: list[list[dict[str, Any]] | BaseException] = []
     at = 0
     for s in subs:
         part = predictions[at : at + len(s.records)]
         at += len(s.records)
-        rows += store.prepare(
-            caller=s.caller,
-            route=route,
-            model_name=model["name"],
-            model_version=model["version"],
-            request_id=s.request_id,
-            patients=[(str(r["patient_id"]), r, p) for r, p in zip(s.records, part, strict=True)],
+        rows.append(
+            store.prepare(
+                caller=s.caller,
+                route=route,
+                model_name=model["name"],
+                model_version=model["version"],
+                request_id=s.request_id,
+                patients=[
+                    (str(r["patient_id"]), r, p) for r, p in zip(s.records, part, strict=True)
+                ],
+            )
         )
         out.append(part)
     store.write(rows, request_id=subs[0].request_id)

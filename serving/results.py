@@ -118,7 +118,7 @@ def _assessments(
     The warnings are derived from the applicability block (its outside-training-support list
     and typicality), so that check runs once per patient.
     """
-    eligibility = [_eligibility_dict(e) for e in safety.assess_frame(frame)]
+    eligibility = [eligibility_dict(e) for e in safety.assess_frame(frame)]
     blocks = predictor.applicability(frame)
     outside = [b["outside_training_support"] for b in blocks]
     warnings = [
@@ -128,7 +128,7 @@ def _assessments(
     return eligibility, blocks, warnings
 
 
-def _eligibility_dict(e: safety.Eligibility) -> dict[str, Any]:
+def eligibility_dict(e: safety.Eligibility) -> dict[str, Any]:
     return {
         "status": e.status,
         "reasons": [
@@ -164,71 +164,8 @@ def scores_frame(predictor: Predictor, frame: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([out, shap_cols], axis=1)
 
 
-def batch_scores(
-    predictor: Predictor,
-    frame: pd.DataFrame,
-    top: int = TOP_FACTORS,
-    *,
-    scores: Scores | None = None,
-) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-    """`batch_table`'s table and, per patient, what the audit keeps, with array operations.
-
-    The same table as `batch_table(explain(...))` (a test holds them equal) without building
-    every patient's list of factor dicts, which dominates the cost of a large batch: the top
-    factors come from one row-wise sort of the contribution matrix. The second value holds, per
-    patient, the fields `serving.audit.output_summary` reads.
-    """
-    scores = scores or predictor.score(frame)
-    eligibility, blocks, warnings = _assessments(predictor, frame)
-    bands = np.select(
-        [scores.probability < upper for upper, _ in RISK_BANDS],
-        [name for _, name in RISK_BANDS],
-        default=RISK_BANDS[-1][1],
-    )
-    model = model_info(predictor)
-    table: dict[str, Any] = {
-        "patient_id": frame[ID_FIELD].to_numpy(dtype=object),
-        "probability": scores.probability,
-        "probability_lower": scores.lower,
-        "probability_upper": scores.upper,
-        "risk_band": bands,
-        "base_log_odds": scores.base_log_odds,
-    }
-    order = np.argsort(-np.abs(scores.contributions), axis=1, kind="stable")[:, :top]
-    labels = np.array([f.label for f in tf.FACTORS], dtype=object)
-    values = scores.values.to_numpy(dtype=object)
-    rows = np.arange(len(frame))
-    for k in range(order.shape[1]):
-        j = order[:, k]
-        table[f"factor_{k + 1}"] = labels[j]
-        table[f"factor_{k + 1}_value"] = [
-            _value_cell(tf.FACTOR_NAMES[c], v) for c, v in zip(j, values[rows, j], strict=True)
-        ]
-        table[f"factor_{k + 1}_shap"] = scores.contributions[rows, j]
-    table["typical"] = [b["typical"] for b in blocks]
-    table["typicality_percentile"] = [b["typicality_percentile"] for b in blocks]
-    table["unseen_missingness_pattern"] = [b["unseen_missingness_pattern"] for b in blocks]
-    table["applicability"] = [json.dumps(b) for b in blocks]
-    table["eligibility"] = [e["status"] for e in eligibility]
-    table["eligibility_reasons"] = [json.dumps(e["reasons"]) for e in eligibility]
-    table["warnings"] = [json.dumps(w) for w in warnings]
-    table["model_name"] = model["name"]
-    table["model_version"] = model["version"]
-    summaries = [
-        {
-            "probability": float(scores.probability[i]),
-            "probability_interval": [float(scores.lower[i]), float(scores.upper[i])],
-            "risk_band": str(bands[i]),
-            "eligibility": eligibility[i],
-            "warnings": warnings[i],
-        }
-        for i in range(len(frame))
-    ]
-    return pd.DataFrame(table), summaries
-
-
-def _value_cell(name: str, value: object) -> str:
-    """A factor's value as `batch_table` writes it: the JSON value as text, "" when missing."""
+def value_cell(name: str, value: object) -> str:
+    """A factor's value as the batch table writes it: the JSON value as text, "" when missing."""
     v = _json_value(name, value)
     return "" if v is None else str(v)
 

@@ -35,7 +35,7 @@ from serving import cds_hooks as cds
 from serving.api_models import PatientBatch, PredictResponse
 from serving.auditing import AuditUnavailable, audit_answer, open_store, request_id
 from serving.auth import EnvAuthMiddleware, cors_options, cors_origins_from_env
-from serving.batcher import NaturalBatcher, Submission, predict_and_audit
+from serving.batcher import NaturalBatcher, Submission, natural_batching, predict_and_audit
 from serving.bento_store import ModelUnusable, load_checked
 from serving.cds_fetch import PrefetchUnavailable, resolve_prefetch
 from serving.fhir_route import FHIR_JSON, LOOKBACK_DAYS, bundle_record, fhir_predict
@@ -95,14 +95,14 @@ def _audit_refusal(media_type: str) -> Response:
     )
 
 
-#: `KETAPREDICT_BATCHING=natural` scores requests that arrive together as one batch
-#: (`serving.batcher`): 11.6x the peer's throughput at 64 clients instead of 1.2x. Off by
-#: default for now: in a 50-client load test run beside the fault tests, a few requests (1-10
-#: of ~2,500) lost their connection without an answer or an audit row. The likely cause was
-#: uvicorn's 5 s keep-alive racing the client's 5 s pool expiry on a starved machine: with
-#: `ketapredict serve`'s keep-alive at 75 s, two such runs with batching on lost none.
-BATCHING_ENV = "KETAPREDICT_BATCHING"
-NATURAL_BATCHING = os.environ.get(BATCHING_ENV, "off").strip().lower() == "natural"
+#: Natural batching (`serving.batcher`) is the default: requests that arrive together are
+#: scored as one batch, 11.6x the peer's throughput at 64 clients instead of 1.2x, and an idle
+#: service still scores a lone request at once. `KETAPREDICT_BATCHING=off` scores each request
+#: by itself. It was opt-in while a 50-client load test beside the fault tests lost 1-10 of
+#: ~2,500 connections; the cause was uvicorn's 5 s keep-alive racing the client's 5 s pool
+#: expiry on a starved machine, and with `ketapredict serve`'s keep-alive at 75 s repeated runs
+#: lose none.
+NATURAL_BATCHING = natural_batching(os.environ)
 #: Patients per natural batch of `/v1/predict`: past a few hundred the per-patient cost no
 #: longer falls, while the requests in the batch all wait for its slowest part.
 MAX_BATCH_PATIENTS = 256

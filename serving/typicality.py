@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -64,6 +65,20 @@ def normal_scores(frame: pd.DataFrame, model: Mapping[str, Any]) -> np.ndarray:
     return out
 
 
+def row_patterns(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of a boolean matrix and each row's index among them.
+
+    `np.unique(axis=0)` sorts the rows as byte strings, which took a second per 50,000
+    patients; with at most 64 columns each row is one integer, and unique integers are fast.
+    """
+    if mask.shape[1] > 64:
+        patterns, inverse = np.unique(mask, axis=0, return_inverse=True)
+        return patterns, inverse.ravel()
+    codes = mask.astype(np.uint64) @ (np.uint64(1) << np.arange(mask.shape[1], dtype=np.uint64))
+    _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    return mask[first], inverse.ravel()
+
+
 def distances(z: np.ndarray, correlation: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Squared distance, per-column contributions (summing to it) and observed-field counts.
 
@@ -74,7 +89,7 @@ def distances(z: np.ndarray, correlation: np.ndarray) -> tuple[np.ndarray, np.nd
     observed = ~np.isnan(z)
     d2 = np.zeros(len(z))
     contrib = np.zeros_like(z)
-    patterns, inverse = np.unique(observed, axis=0, return_inverse=True)
+    patterns, inverse = row_patterns(observed)
     # rows of each pattern as slices of one sort: a mask per pattern would cost n per pattern,
     # and a large batch has tens of thousands of patterns
     order = np.argsort(inverse.ravel(), kind="stable")
@@ -116,13 +131,9 @@ def percent_at_least(score: np.ndarray, heldout_quantiles: Sequence[float]) -> n
 
 def missing_groups(frame: pd.DataFrame) -> list[list[str]]:
     """Per patient: predictor groups of the data dictionary with every field missing."""
-    missing = frame[[f.name for f in PREDICTORS]].isna().to_numpy()
-    groups = np.array([f.group for f in PREDICTORS])
-    out: list[list[str]] = [[] for _ in range(len(frame))]
-    for group in PREDICTOR_GROUPS:
-        for i in np.flatnonzero(missing[:, groups == group].all(axis=1)):
-            out[i].append(group)
-    return out
+    patterns, inverse = missingness_patterns(frame)
+    groups = pattern_groups(patterns)
+    return [list(groups[g]) for g in inverse.tolist()]
 
 
 _BOUNDED = [f.name for f in PREDICTORS if f.kind != "category"]
@@ -180,10 +191,47 @@ def _unusual(row: Mapping[str, Any], columns: Sequence[str], z: np.ndarray, c: n
     ]
 
 
-def applicability(
+@dataclass(frozen=True)
+class Applicability:
+    """The applicability of a batch, column by column: one entry per patient, except the
+    missingness patterns, which patients share (`pattern[i]` indexes `groups` and `unseen`).
+
+    A batch of a million patients needs its JSON, not a million dicts (`block` builds one).
+    `patterns[g]` marks the predictors (schema order) missing in pattern g.
+    """
+
+    typical: np.ndarray
+    percentile: np.ndarray
+    unusual: list[list[dict[str, Any]]]
+    outside: list[list[str]]
+    pattern: np.ndarray
+    patterns: np.ndarray
+    groups: list[list[str]]
+    unseen: np.ndarray
+
+    def block(self, i: int) -> dict[str, Any]:
+        """Patient i's applicability block (the `/v1/predict` shape)."""
+        g = int(self.pattern[i])
+        return {
+            "typical": bool(self.typical[i]),
+            "typicality_percentile": float(self.percentile[i]),
+            "unusual_features": self.unusual[i],
+            "outside_training_support": self.outside[i],
+            "unseen_missingness_pattern": bool(self.unseen[g]),
+            "missing_groups": list(self.groups[g]),
+        }
+
+
+def missingness_patterns(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct patterns of missing predictors (rows of a bool matrix) and each
+    patient's pattern index: patients who lack the same inputs get the same warnings."""
+    return row_patterns(frame[_ORDER].isna().to_numpy())
+
+
+def applicability_columns(
     frame: pd.DataFrame, reference: Mapping[str, Any], typicality_state: Mapping[str, Any]
-) -> list[dict[str, Any]]:
-    """The applicability block of every patient of a canonical frame, in frame order.
+) -> Applicability:
+    """The applicability of every patient of a canonical frame, in frame order.
 
     `unusual_features` is filled only for an atypical patient (it explains the flag);
     `typicality_percentile` is always given: the percent of held-out development patients at
@@ -195,31 +243,44 @@ def applicability(
     d2, contrib, df = distances(z, np.asarray(model["correlation"], dtype=float))
     score = _tail_score(d2, df)
     percent = percent_at_least(score, typicality_state["heldout"]["quantiles"])
-    seen = {tuple(p) for p in typicality_state["missingness_patterns"]}
-    groups = missing_groups(frame)
-    outside = outside_support(frame, reference)
-    out = []
+    # Python's round (correctly rounded), not np.round (scales by 100 first)
+    percent = np.array([round(p, 2) for p in percent.tolist()], dtype=float)
     typical = score <= typicality_state["cutoff"]
-    # the explanation of an atypical patient's flag needs its values: read them once, for those
+    unusual: list[list[dict[str, Any]]] = [[] for _ in range(len(frame))]
     atypical = np.flatnonzero(~typical)
-    values = frame[columns].iloc[atypical].to_numpy(dtype=object) if len(atypical) else None
-    rows = dict(zip(atypical.tolist(), range(len(atypical)), strict=True))
-    for i in range(len(frame)):
-        unusual = []
-        if not typical[i]:
-            row = dict(zip(columns, values[rows[i]], strict=True))  # type: ignore[index]
-            unusual = _unusual(row, columns, z[i], contrib[i], d2[i])
-        out.append(
-            {
-                "typical": bool(typical[i]),
-                "typicality_percentile": round(float(percent[i]), 2),
-                "unusual_features": unusual,
-                "outside_training_support": outside[i],
-                "unseen_missingness_pattern": tuple(groups[i]) not in seen,
-                "missing_groups": groups[i],
-            }
-        )
-    return out
+    if len(atypical):  # the explanation of a flag needs the values: read them for those only
+        values = frame[columns].iloc[atypical].to_numpy(dtype=object)
+        for k, i in enumerate(atypical.tolist()):
+            row = dict(zip(columns, values[k], strict=True))
+            unusual[i] = _unusual(row, columns, z[i], contrib[i], d2[i])
+    patterns, inverse = missingness_patterns(frame)
+    groups = pattern_groups(patterns)
+    seen = {tuple(p) for p in typicality_state["missingness_patterns"]}
+    unseen = np.array([tuple(g) not in seen for g in groups], dtype=bool)
+    return Applicability(
+        typical=typical,
+        percentile=percent,
+        unusual=unusual,
+        outside=outside_support(frame, reference),
+        pattern=inverse,
+        patterns=patterns,
+        groups=groups,
+        unseen=unseen,
+    )
+
+
+def pattern_groups(patterns: np.ndarray) -> list[list[str]]:
+    """Per missingness pattern, the predictor groups with every field missing, in schema order."""
+    members = {g: [j for j, f in enumerate(PREDICTORS) if f.group == g] for g in PREDICTOR_GROUPS}
+    return [[g for g, cols in members.items() if p[cols].all()] for p in patterns]
+
+
+def applicability(
+    frame: pd.DataFrame, reference: Mapping[str, Any], typicality_state: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """Per patient, the applicability block (see `applicability_columns`)."""
+    columns = applicability_columns(frame, reference, typicality_state)
+    return [columns.block(i) for i in range(len(frame))]
 
 
 def _shown(u: Mapping[str, Any]) -> str:

@@ -20,11 +20,14 @@ import hmac
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
-from features.schema import ID_FIELD
+import numpy as np
+import pandas as pd
+
+from features.schema import ID_FIELD, INPUT_FIELDS
 
 KEY_ENV = "KETAPREDICT_AUDIT_KEY"
 #: 32 bytes = the HMAC-SHA256 block's security level; shorter secrets are guessable.
@@ -64,6 +67,19 @@ def patient_hash(patient_id: str, key: bytes) -> str:
     return hmac.new(check_key(key), patient_id.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
+def patient_hashes(patient_ids: Sequence[str], key: bytes) -> list[str]:
+    """`patient_hash` of many ids: the keyed state is set up once and copied per id."""
+    base = hmac.new(check_key(key), digestmod=hashlib.sha256)
+    out = []
+    for i, patient_id in enumerate(patient_ids):
+        if not isinstance(patient_id, str) or not patient_id:
+            raise ValueError(f"patient {i}: a patient id must be a non-empty string")
+        h = base.copy()
+        h.update(patient_id.encode("utf-8"))
+        out.append(h.hexdigest())
+    return out
+
+
 def _json_default(value: object) -> str:
     if isinstance(value, datetime | date):
         return value.isoformat()
@@ -92,6 +108,55 @@ def input_hash(record: Mapping[str, Any]) -> str:
     """
     content = {k: v for k, v in record.items() if k != ID_FIELD}
     return hashlib.sha256(canonical_json(content).encode("utf-8")).hexdigest()
+
+
+#: The hashed fields in canonical (sorted) key order, the id left out as in `input_hash`.
+_HASHED = sorted((f for f in INPUT_FIELDS if f.name != ID_FIELD), key=lambda f: f.name)
+
+
+def _json_texts(kind: str, name: str, values: np.ndarray) -> np.ndarray:
+    """The JSON text of each (present) value, as `canonical_json` writes it after
+    `features.records.to_records` has typed it."""
+    if kind == "integer":
+        return np.array([str(v) for v in values.astype(np.int64).tolist()], dtype=object)
+    if kind == "boolean":
+        return np.where(values.astype(bool), "true", "false").astype(object)
+    if kind == "number":
+        numbers = values.astype(float)
+        if not np.isfinite(numbers).all():  # canonical_json refuses NaN and infinities
+            raise ValueError(f"{name}: a number is not finite")
+        return np.array(list(map(float.__repr__, numbers.tolist())), dtype=object)
+    texts: dict[Any, str] = {}
+    for v in values.tolist():
+        if v not in texts:
+            texts[v] = json.dumps(str(v), ensure_ascii=False)
+    return np.array([texts[v] for v in values.tolist()], dtype=object)
+
+
+def input_hashes(frame: pd.DataFrame) -> list[str]:
+    """`input_hash` of every row's record (`features.records.to_records`) of a validated frame.
+
+    Built a column at a time (each field's JSON text, then the rows' texts joined), so a batch
+    of a million patients does not build a million dicts; a test holds it equal to the
+    per-record path, which the API's audit uses.
+    """
+    columns = []
+    for f in _HASHED:
+        if f.name not in frame:
+            continue
+        values = frame[f.name].to_numpy()
+        present = ~pd.isna(values)
+        if present.any():
+            texts = np.full(len(frame), "", dtype=object)
+            key = f",{json.dumps(f.name)}:"
+            texts[present] = key + _json_texts(f.kind, f.name, values[present])
+            columns.append(texts.tolist())
+    rows = zip(*columns, strict=True) if columns else [()] * len(frame)
+    # each row's fragments start with a comma: drop the first one
+    return [
+        hashlib.sha256(("{" + "".join(parts)[1:] + "}").encode("utf-8")).hexdigest()
+        for parts in rows
+    ]
 
 
 def caller_label(token: str) -> str:
@@ -136,3 +201,47 @@ def output_summary(result: Mapping[str, Any]) -> dict[str, Any]:
             for w in result.get("warnings", [])
         ],
     }
+
+
+def output_summary_texts(
+    probability: np.ndarray,
+    interval: tuple[np.ndarray, np.ndarray],
+    bands: Sequence[str],
+    eligibility: Sequence[Mapping[str, Any]],
+    warnings: Sequence[Sequence[Mapping[str, Any]]],
+    alike: Sequence[Hashable],
+) -> list[str]:
+    """`output_summary` of many patients as JSON text, for a bulk audit write.
+
+    `alike[i]` is a key that patients with equal eligibility and warnings share: their
+    non-numeric part goes through `output_summary` (the one whitelist) once per key.
+    """
+    lower, upper = interval
+    for what, values in (("probability", probability), ("interval", lower), ("interval", upper)):
+        bad = ~(np.isfinite(values) & (values >= 0.0) & (values <= 1.0))
+        if bad.any():
+            raise ValueError(
+                f"patient {int(np.argmax(bad))}: {what} must be a probability in [0, 1]"
+            )
+    tails: dict[Hashable, str] = {}
+    out = []
+    rows = zip(probability.tolist(), lower.tolist(), upper.tolist(), strict=True)
+    for i, (p, lo, hi) in enumerate(rows):
+        tail = tails.get(alike[i])
+        if tail is None:
+            summary = output_summary(
+                {
+                    "probability": 0.0,
+                    "probability_interval": [0.0, 0.0],
+                    "risk_band": "",
+                    "eligibility": eligibility[i],
+                    "warnings": warnings[i],
+                }
+            )
+            del summary["probability"], summary["probability_interval"], summary["risk_band"]
+            tail = tails[alike[i]] = json.dumps(summary)[1:]
+        out.append(
+            f'{{"probability": {p!r}, "probability_interval": [{lo!r}, {hi!r}], '
+            f'"risk_band": {json.dumps(str(bands[i]))}, {tail}'
+        )
+    return out

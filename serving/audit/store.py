@@ -20,22 +20,32 @@ built, and the engine hides bound parameters from its logs and exception message
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import sqlite3
 import threading
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from serving.audit.keys import check_key, input_hash, key_id, output_summary, patient_hash
+from features.schema import ID_FIELD
+from serving.audit.keys import (
+    check_key,
+    input_hash,
+    input_hashes,
+    key_id,
+    output_summary,
+    patient_hashes,
+)
 from serving.audit.migrate import upgrade
 from serving.audit.table import audit_event
 
@@ -60,6 +70,63 @@ _LABEL = re.compile(r"[\x21-\x7e]+")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]*\.")
 #: `caller` is `Caller.label` from serving/auth.py: "token:<digest>" or "cds:<issuer URL>".
 _LIMITS = {"caller": 255, "route": 64, "model_name": 128, "model_version": 64, "request_id": 128}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Audit rows ready to write: what they share, and per patient its pseudonym, input hash
+    and output summary (JSON text). Holds no patient id or record, so it may cross processes.
+    """
+
+    common: Mapping[str, Any]
+    patient_keys: Sequence[str]
+    input_sha256: Sequence[str]
+    outputs: Sequence[str]
+
+    def __len__(self) -> int:
+        return len(self.patient_keys)
+
+    def parameters(self, dialect: sa.Dialect) -> list[tuple[Any, ...]]:
+        """One tuple per row in `_COLUMNS` order, the shared values converted once."""
+        shared = tuple(_bound(name, self.common[name], dialect) for name in _SHARED)
+        rows = zip(self.patient_keys, self.input_sha256, self.outputs, strict=True)
+        return [(*shared, k, h, o) for k, h, o in rows]
+
+
+#: Columns of the bulk INSERT: those every row of a `Prepared` shares, then its own.
+_SHARED = (
+    "occurred_at",
+    "request_id",
+    "caller",
+    "route",
+    "model_name",
+    "model_version",
+    "key_id",
+    "outcome",
+)
+_COLUMNS = (*_SHARED, "patient_key", "input_sha256", "output")
+
+
+def _bound(name: str, value: Any, dialect: sa.Dialect) -> Any:
+    """A value as the driver takes it for this column (SQLite: times as naive-UTC text)."""
+    process = audit_event.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+    return process(value) if process else value
+
+
+def _insert_sql(dialect: sa.Dialect) -> str:
+    """The driver-level INSERT of one audit row, for `executemany`.
+
+    Not `audit_event.insert()`: SQLAlchemy's per-row parameter handling cost as much as the
+    insert itself on a million rows. The output summary arrives as JSON text
+    (`keys.output_summary_texts`); SQLite keeps JSON as text (its CAST to JSON would mangle
+    it), other databases cast the text to the column's type (JSONB on PostgreSQL).
+    """
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    output = mark
+    if dialect.name != "sqlite":
+        output = f"CAST({mark} AS {audit_event.c.output.type.compile(dialect=dialect)})"
+    values = ", ".join([mark] * (len(_COLUMNS) - 1) + [output])
+    return f"INSERT INTO {audit_event.name} ({', '.join(_COLUMNS)}) VALUES ({values})"
 
 
 class AuditUnavailable(RuntimeError):
@@ -234,7 +301,16 @@ class AuditStore:
             else None
         )
 
-    def record(
+    def record(self, **prepare_args: Any) -> int:
+        """Write one row per (patient id, input record, result) in ONE transaction.
+
+        Takes `prepare`'s arguments; `result` may be a full `explain()` item: `output_summary`
+        keeps only the whitelist. Returns the number of rows written, after the commit.
+        """
+        rows = self.prepare(**prepare_args)
+        return self.write(rows, request_id=prepare_args.get("request_id", ""))
+
+    def _common(
         self,
         *,
         caller: str,
@@ -242,24 +318,18 @@ class AuditStore:
         model_name: str,
         model_version: str,
         request_id: str,
-        patients: Iterable[tuple[str, Mapping[str, Any], Mapping[str, Any]]],
-        occurred_at: datetime | None = None,
-    ) -> int:
-        """Write one row per (patient id, input record, result) in ONE transaction.
-
-        `result` may be a full `explain()` item: `output_summary` keeps only the whitelist.
-        Returns the number of rows written, after the commit.
-        """
-        rows = self.prepare(
-            caller=caller,
-            route=route,
-            model_name=model_name,
-            model_version=model_version,
-            request_id=request_id,
-            patients=patients,
-            occurred_at=occurred_at,
-        )
-        return self.write(rows, request_id=request_id)
+        occurred_at: datetime | None,
+    ) -> dict[str, Any]:
+        return {
+            "occurred_at": _aware(occurred_at or datetime.now(UTC), "occurred_at"),
+            "request_id": _label("request_id", request_id),
+            "caller": _label("caller", caller),
+            "route": _label("route", route),
+            "model_name": _label("model_name", model_name),
+            "model_version": _label("model_version", model_version or "unversioned"),
+            "key_id": self.key_id,
+            "outcome": OUTCOME_ANSWERED,
+        }
 
     def prepare(
         self,
@@ -271,50 +341,82 @@ class AuditStore:
         request_id: str,
         patients: Iterable[tuple[str, Mapping[str, Any], Mapping[str, Any]]],
         occurred_at: datetime | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> Prepared:
         """The rows `record` would write, hashed and summarised, without touching the database.
 
-        Pure given the key, so a batch job can prepare rows in worker processes and have one
-        process `write` them; the patient ids and records go no further than this call.
+        Pure given the key, so rows can be prepared wherever the patients are and written by
+        one process; the patient ids and records go no further than this call.
         """
-        common = {
-            "occurred_at": _aware(occurred_at or datetime.now(UTC), "occurred_at"),
-            "request_id": _label("request_id", request_id),
-            "caller": _label("caller", caller),
-            "route": _label("route", route),
-            "model_name": _label("model_name", model_name),
-            "model_version": _label("model_version", model_version or "unversioned"),
-            "key_id": self.key_id,
-            "outcome": OUTCOME_ANSWERED,
-        }
-        rows = []
+        common = self._common(
+            caller=caller,
+            route=route,
+            model_name=model_name,
+            model_version=model_version,
+            request_id=request_id,
+            occurred_at=occurred_at,
+        )
+        ids, hashes, outputs = [], [], []
         for i, (patient_id, record, result) in enumerate(patients):
             try:
-                rows.append(
-                    {
-                        **common,
-                        "patient_key": patient_hash(patient_id, self._key),
-                        "input_sha256": input_hash(record),
-                        "output": output_summary(result),
-                    }
-                )
+                hashes.append(input_hash(record))
+                outputs.append(json.dumps(output_summary(result)))
             except (KeyError, TypeError, ValueError) as exc:  # messages name no value
                 raise ValueError(f"patient {i}: cannot audit ({type(exc).__name__})") from None
-        return rows
+            ids.append(patient_id)
+        return Prepared(common, patient_hashes(ids, self._key), hashes, outputs)
 
-    def write(self, rows: list[dict[str, Any]], *, request_id: str = "") -> int:
-        """Commit prepared rows in one transaction; AuditUnavailable when the store cannot."""
-        if not rows:
+    def prepare_table(
+        self,
+        *,
+        caller: str,
+        route: str,
+        model_name: str,
+        model_version: str,
+        request_id: str,
+        frame: pd.DataFrame,
+        outputs: Sequence[str],
+        occurred_at: datetime | None = None,
+    ) -> Prepared:
+        """`prepare` for a validated frame, its rows' inputs hashed column by column.
+
+        `outputs` are the patients' summaries as `keys.output_summary_texts` writes them. The
+        rows equal `prepare`'s for the frame's records (`features.records.to_records`).
+        """
+        if len(outputs) != len(frame):
+            raise ValueError(f"{len(outputs)} output summaries for {len(frame)} patients")
+        common = self._common(
+            caller=caller,
+            route=route,
+            model_name=model_name,
+            model_version=model_version,
+            request_id=request_id,
+            occurred_at=occurred_at,
+        )
+        ids = frame[ID_FIELD].astype(str).tolist()
+        return Prepared(common, patient_hashes(ids, self._key), input_hashes(frame), outputs)
+
+    def write(self, prepared: Prepared | Sequence[Prepared], *, request_id: str = "") -> int:
+        """Commit prepared rows in one transaction; AuditUnavailable when the store cannot.
+
+        Several `Prepared` (requests scored together, each with its own caller and request
+        id) go in the same transaction: all are recorded, or none.
+        """
+        batches = [prepared] if isinstance(prepared, Prepared) else list(prepared)
+        count = sum(len(b) for b in batches)
+        if not count:
             return 0
         try:
             with self.engine.begin() as conn:
-                conn.execute(audit_event.insert(), rows)
+                insert = _insert_sql(conn.dialect)
+                for batch in batches:
+                    if len(batch):
+                        conn.exec_driver_sql(insert, batch.parameters(conn.dialect))
         except SQLAlchemyError as exc:
             self._write_failed = True
             log.error("audit write failed (%s); request %s", type(exc).__name__, request_id)
             raise AuditUnavailable(f"audit write failed ({type(exc).__name__})") from exc
         self._write_failed = False
-        return len(rows)
+        return count
 
     def rows(
         self,

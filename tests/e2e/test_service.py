@@ -378,15 +378,15 @@ def _batch_metric(http: httpx.Client, url: str, name: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def batching_server(
+def unbatched_server(
     workspace: Workspace, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, httpx.Client]]:
-    """The service with `KETAPREDICT_BATCHING=natural` (off by default)."""
-    home = tmp_path_factory.mktemp("bentoml-batching")
+    """The service with `KETAPREDICT_BATCHING=off`: one scoring call per request."""
+    home = tmp_path_factory.mktemp("bentoml-unbatched")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = workspace.path / "serve-batching.log"
-    env = {"KETAPREDICT_API_TOKENS": API_TOKEN, "KETAPREDICT_BATCHING": "natural"}
+    log = workspace.path / "serve-unbatched.log"
+    env = {"KETAPREDICT_API_TOKENS": API_TOKEN, "KETAPREDICT_BATCHING": "off"}
     process = start_server(workspace.path, home, port, log, env)
     http = httpx.Client(headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=60)
     try:
@@ -397,16 +397,8 @@ def batching_server(
         stop(process)
 
 
-def test_simultaneous_requests_are_batched_and_answered_as_if_alone(
-    workspace: Workspace, batching_server: tuple[str, httpx.Client]
-) -> None:
-    """With natural batching on, requests arriving together share batches, and each gets, to
-    the last bit, the answer it gets alone (per-request audit ids: tests/unit/test_batcher.py)."""
-    base, http = batching_server
-    records = _records(workspace)[:32]
-    url = f"{base}/v1/predict"
-    alone = [http.post(url, json={"patients": [r]}).json()["predictions"] for r in records]
-    before = _batch_metric(http, base, "count"), _batch_metric(http, base, "sum")
+def _simultaneous(http: httpx.Client, url: str, records: list[dict]) -> list[httpx.Response]:
+    """POST one patient per request, all released at once from their own connections."""
     start = threading.Barrier(len(records))
 
     def post(i: int) -> httpx.Response:
@@ -416,9 +408,41 @@ def test_simultaneous_requests_are_batched_and_answered_as_if_alone(
             return client.post(url, json={"patients": [records[i]]})
 
     with ThreadPoolExecutor(len(records)) as pool:
-        answers = list(pool.map(post, range(len(records))))
+        return list(pool.map(post, range(len(records))))
+
+
+def test_simultaneous_requests_are_batched_and_answered_as_if_alone(
+    workspace: Workspace, server: Server
+) -> None:
+    """By default requests arriving together share batches, and each gets, to the last bit,
+    the answer it gets alone (per-request audit ids: tests/unit/test_batcher.py)."""
+    base, http = server.url, server.http
+    records = _records(workspace)[:32]
+    url = f"{base}/v1/predict"
+    alone = [http.post(url, json={"patients": [r]}).json()["predictions"] for r in records]
+    before = _batch_metric(http, base, "count"), _batch_metric(http, base, "sum")
+    answers = _simultaneous(http, url, records)
     assert [a.status_code for a in answers] == [200] * len(records)
     assert [a.json()["predictions"] for a in answers] == alone
     batches = _batch_metric(http, base, "count") - before[0]
     assert _batch_metric(http, base, "sum") - before[1] == len(records)
     assert batches < len(records), "32 simultaneous requests were never scored together"
+
+
+def test_batching_off_scores_each_request_alone_with_the_same_answers(
+    workspace: Workspace, server: Server, unbatched_server: tuple[str, httpx.Client]
+) -> None:
+    """`KETAPREDICT_BATCHING=off`: simultaneous requests are never scored together, and the
+    answers equal the batching service's."""
+    base, http = unbatched_server
+    records = _records(workspace)[:16]
+    batched = [
+        server.http.post(f"{server.url}/v1/predict", json={"patients": [r]}).json()["predictions"]
+        for r in records
+    ]
+    before = _batch_metric(http, base, "count"), _batch_metric(http, base, "sum")
+    answers = _simultaneous(http, f"{base}/v1/predict", records)
+    assert [a.status_code for a in answers] == [200] * len(records)
+    assert [a.json()["predictions"] for a in answers] == batched
+    assert _batch_metric(http, base, "count") - before[0] == len(records)
+    assert _batch_metric(http, base, "sum") - before[1] == len(records)

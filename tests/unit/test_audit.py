@@ -16,11 +16,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from fhir.resources.R4B.auditevent import AuditEvent
 from fhir.resources.R4B.bundle import Bundle
 
+from features.records import to_records
+from features.schema import INPUT_FIELDS
+from features.simulate import simulate_cohort
+from features.validation import validate_table
 from serving.audit import (
     AuditStore,
     AuditUnavailable,
@@ -35,6 +40,7 @@ from serving.audit import (
     patient_hash,
     upgrade,
 )
+from serving.audit.keys import input_hashes, output_summary_texts, patient_hashes
 from serving.audit_export import (
     PATIENT_KEY_SYSTEM,
     audit_events,
@@ -382,3 +388,86 @@ def test_sqlite_checkpoints_run_in_the_background_not_in_a_commit(tmp_path: Path
     finally:
         store.close()
     assert not checkpointer._thread.is_alive()
+
+
+# ------------------------------------------------------------------ bulk path of the batch CLI
+
+
+def _cohort_frame() -> Any:
+    """A validated table with gaps in every kind of field, unicode text and whole numbers."""
+
+    raw = simulate_cohort(400, seed=21)[[f.name for f in INPUT_FIELDS]]
+    raw.loc[0, "site_id"] = 'Zürich-Ost "B"'  # non-ASCII and a quote: JSON escaping
+    raw.loc[1, [f.name for f in INPUT_FIELDS if not f.required]] = None
+    raw.loc[2, "bmi_kg_m2"] = 30.0  # a whole number in a number field hashes as 30.0
+    return validate_table(raw).frame
+
+
+def test_input_hashes_of_a_table_equal_the_per_record_hashes() -> None:
+
+    frame = _cohort_frame()
+    assert input_hashes(frame) == [input_hash(r) for r in to_records(frame)]
+
+
+def test_patient_hashes_equal_patient_hash_and_refuse_empty_ids() -> None:
+    ids = [SECRET_ID, "p-2", "ü-3"]
+    assert patient_hashes(ids, KEY) == [patient_hash(i, KEY) for i in ids]
+    with pytest.raises(ValueError, match="patient 1: a patient id must be a non-empty string"):
+        patient_hashes(["p-1", ""], KEY)
+
+
+def test_output_summary_texts_keep_the_whitelist_and_refuse_non_probabilities() -> None:
+    items = [result(p=0.42), result("P-2", p=0.31)]
+    p = np.array([0.42, 0.31])
+    texts = output_summary_texts(
+        p,
+        (p - 0.1, p + 0.1),
+        ["moderate", "moderate"],
+        [i["eligibility"] for i in items],
+        [i["warnings"] for i in items],
+        alike=["same", "same"],
+    )
+    assert [json.loads(t) for t in texts] == [output_summary(i) for i in items]
+    assert not any(SECRET_ID in t or "171/99" in t or "age 77" in t for t in texts)
+    with pytest.raises(ValueError, match="patient 1: probability must be a probability"):
+        output_summary_texts(
+            np.array([0.4, np.nan]), (p, p), ["low"] * 2, [{}, {}], [[], []], ["a", "b"]
+        )
+
+
+def test_a_table_prepared_in_bulk_is_stored_as_its_records_would_be(tmp_path: Path) -> None:
+    """prepare_table (column-wise hashes, JSON text outputs) and prepare (per record) store
+    the same rows, read back through the JSON column."""
+    frame = _cohort_frame().iloc[:50]
+    n = len(frame)
+    items = [result(str(pid), p=0.5) for pid in frame["patient_id"]]
+    texts = output_summary_texts(
+        np.full(n, 0.5),
+        (np.full(n, 0.4), np.full(n, 0.6)),
+        ["moderate"] * n,
+        [i["eligibility"] for i in items],
+        [i["warnings"] for i in items],
+        alike=[0] * n,
+    )
+    args = {
+        "caller": "cli",
+        "route": "cli:predict",
+        "model_name": "m",
+        "model_version": "3",
+        "occurred_at": T0,
+    }
+    stores = {}
+    for how in ("bulk", "records"):
+        store = AuditStore(f"sqlite:///{tmp_path / f'{how}.db'}", key=KEY)
+        if how == "bulk":
+            rows = store.prepare_table(**args, request_id="r", frame=frame, outputs=texts)
+        else:
+            patients = zip(frame["patient_id"], to_records(frame), items, strict=True)
+            rows = store.prepare(**args, request_id="r", patients=patients)
+        assert store.write(rows) == n
+        stores[how] = [
+            {k: v for k, v in vars(r).items() if k != "id"}
+            for r in store.rows(T0, T0 + timedelta(seconds=1))
+        ]
+    assert stores["bulk"] == stores["records"]
+    assert stores["bulk"][0]["output"]["eligibility_rules"] == ["hypertension"]

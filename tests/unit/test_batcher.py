@@ -15,7 +15,7 @@ from features.schema import INPUT_FIELDS
 from features.simulate import simulate_cohort
 from features.validation import InvalidInput, validate_records, validate_table
 from serving.audit import AuditStore
-from serving.batcher import NaturalBatcher, Submission, predict_and_audit
+from serving.batcher import NaturalBatcher, Submission, natural_batching, predict_and_audit
 from serving.predictor import Predictor
 from serving.results import explain
 
@@ -132,3 +132,21 @@ def test_a_running_batch_survives_garbage_collection() -> None:
         return await asyncio.wait_for(asyncio.gather(*pending), timeout=5)
 
     assert asyncio.run(main()) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, True),
+        ({"KETAPREDICT_BATCHING": " Natural "}, True),
+        ({"KETAPREDICT_BATCHING": "off"}, False),
+    ],
+)
+def test_batching_is_on_unless_switched_off(environ: dict[str, str], expected: bool) -> None:
+    assert natural_batching(environ) is expected
+
+
+@pytest.mark.parametrize("value", ["no", "0", "naturall", "on"])
+def test_an_unknown_batching_mode_is_refused_not_read_as_off(value: str) -> None:
+    with pytest.raises(ValueError, match="KETAPREDICT_BATCHING must be one of natural, off"):
+        natural_batching({"KETAPREDICT_BATCHING": value})

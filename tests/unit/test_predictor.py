@@ -10,12 +10,13 @@ import pandas as pd
 import pytest
 from scipy.special import expit
 
-from features.schema import INPUT_FIELDS
+from features.schema import INPUT_FIELDS, PREDICTORS
 from features.simulate import simulate_cohort
 from features.validation import validate_table
 from serving.audit.keys import output_summary
+from serving.batch_results import batch_scores
 from serving.predictor import Predictor
-from serving.results import batch_scores, batch_table, explain
+from serving.results import batch_table, explain
 from tests.unit.conftest import FAST
 from training.train import train
 
@@ -85,12 +86,18 @@ def test_batch_scores_equal_the_per_patient_explanations(each_kind) -> None:
     raw.loc[4, "psychotherapy"] = None
     raw.loc[5, "psychosis_history"] = True
     raw.loc[6, ["hscrp_mg_l", "il6_pg_ml", "tnfa_pg_ml", "il1b_pg_ml", "bdnf_serum_ng_ml"]] = None
+    raw.loc[7:8, [f.name for f in PREDICTORS if not f.required]] = None  # no patient like it
     frame = validate_table(raw).frame
     items = explain(predictor, frame)
-    table, summaries = batch_scores(predictor, frame)
-    pd.testing.assert_frame_equal(table, batch_table(predictor, frame, results=items))
-    assert [output_summary(s) for s in summaries] == [output_summary(i) for i in items]
+    table, outputs = batch_scores(predictor, frame)
+    expected = batch_table(predictor, frame, results=items)
+    pd.testing.assert_frame_equal(table, expected, check_exact=True)
+    assert [json.loads(o) for o in outputs] == [output_summary(i) for i in items]
+    # both of batch_scores' paths ran: patients alike by missingness, and the others
     assert (table["eligibility"] == "contraindicated").any()
+    assert (~table["typical"]).any() and table["unseen_missingness_pattern"].any()
+    assert table["warnings"].str.contains("outside_training_data").any()
+    assert table["warnings"].str.contains("missing_input").sum() > 50
 
 
 def test_a_patient_gets_the_same_numbers_alone_as_in_any_batch(each_kind) -> None:
