@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Hashable
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -123,7 +124,9 @@ def _warnings_and_applicability(
     warnings: list[list[dict[str, Any]]] = [[] for _ in range(n)]
     warnings_json = [""] * n
     applicability_json = [""] * n
-    by_pattern: dict[int, tuple[list[dict[str, Any]], str, str, str]] = {}
+    by_pattern: dict[int, tuple[list[dict[str, Any]], str, tuple[str, str]]] = {}
+    # what the block's JSON holds of a pattern: its missing groups, and whether it was seen
+    by_groups: dict[tuple[tuple[str, ...], bool], tuple[str, str]] = {}
     percent = app.percentile.tolist()
     for i in np.flatnonzero(simple).tolist():
         g = int(app.pattern[i])
@@ -132,12 +135,15 @@ def _warnings_and_applicability(
             block = app.block(i)
             missing = _PREDICTOR_NAMES[app.patterns[g] & _OPTIONAL].tolist()
             w = missing_input_warnings(missing) + typ.warnings_from(block)
-            head, tail = json.dumps({**block, "typicality_percentile": _PERCENTILE_MARK}).split(
-                json.dumps(_PERCENTILE_MARK)
-            )
-            shared = by_pattern[g] = (w, json.dumps(w), head, tail)
+            key = (tuple(block["missing_groups"]), block["unseen_missingness_pattern"])
+            if key not in by_groups:
+                text = json.dumps({**block, "typicality_percentile": _PERCENTILE_MARK})
+                head, tail = text.split(json.dumps(_PERCENTILE_MARK))
+                by_groups[key] = (head, tail)
+            shared = by_pattern[g] = (w, _list_json(w), by_groups[key])
         warnings[i], warnings_json[i] = shared[0], shared[1]
-        applicability_json[i] = f"{shared[2]}{percent[i]!r}{shared[3]}"
+        head, tail = shared[2]
+        applicability_json[i] = f"{head}{percent[i]!r}{tail}"
     others = np.flatnonzero(~simple)
     if len(others):
         blocks = [app.block(i) for i in others.tolist()]
@@ -148,6 +154,22 @@ def _warnings_and_applicability(
             warnings_json[i] = json.dumps(warnings[i])
             applicability_json[i] = json.dumps(block)
     return warnings, warnings_json, applicability_json
+
+
+def _list_json(warnings: list[dict[str, Any]]) -> str:
+    """`json.dumps(warnings)`, each warning's text made once: patterns share their groups'."""
+    return "[" + ", ".join(map(_warning_json, warnings)) + "]"
+
+
+def _warning_json(w: dict[str, Any]) -> str:
+    if list(w) != ["code", "fields", "message"]:
+        return json.dumps(w)
+    return _warning_text(w["code"], tuple(w["fields"]), w["message"])
+
+
+@lru_cache(maxsize=16384)
+def _warning_text(code: str, fields: tuple[str, ...], message: str) -> str:
+    return json.dumps({"code": code, "fields": list(fields), "message": message})
 
 
 def _value_cells(values: pd.DataFrame, order: np.ndarray) -> np.ndarray:

@@ -224,6 +224,7 @@ def output_summary_texts(
                 f"patient {int(np.argmax(bad))}: {what} must be a probability in [0, 1]"
             )
     tails: dict[Hashable, str] = {}
+    band_json = {band: json.dumps(str(band)) for band in set(bands)}
     out = []
     rows = zip(probability.tolist(), lower.tolist(), upper.tolist(), strict=True)
     for i, (p, lo, hi) in enumerate(rows):
@@ -242,6 +243,6 @@ def output_summary_texts(
             tail = tails[alike[i]] = json.dumps(summary)[1:]
         out.append(
             f'{{"probability": {p!r}, "probability_interval": [{lo!r}, {hi!r}], '
-            f'"risk_band": {json.dumps(str(bands[i]))}, {tail}'
+            f'"risk_band": {band_json[bands[i]]}, {tail}'
         )
     return out

@@ -180,6 +180,7 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
     # no checkpoint inside a request's commit (a ~200 ms stall every ~500 predictions was
     # measured): `WalCheckpointer` does it in the background
     cursor.execute("PRAGMA wal_autocheckpoint=0")
+    cursor.execute("PRAGMA cache_size=-65536")
     cursor.close()
 
 
