@@ -41,6 +41,7 @@ from serving.audit import (
     upgrade,
 )
 from serving.audit.keys import input_hashes, output_summary_texts, patient_hashes
+from serving.audit.store import BULK_CACHE_KIB, BULK_ROWS, Prepared
 from serving.audit_export import (
     PATIENT_KEY_SYSTEM,
     audit_events,
@@ -471,3 +472,29 @@ def test_a_table_prepared_in_bulk_is_stored_as_its_records_would_be(tmp_path: Pa
         ]
     assert stores["bulk"] == stores["records"]
     assert stores["bulk"][0]["output"]["eligibility_rules"] == ["hypertension"]
+
+
+def test_a_bulk_write_gets_a_large_page_cache_and_gives_it_back(tmp_path: Path) -> None:
+    """The cache is for the bulk write only: the service's pooled connection keeps the default
+    (memory), and the rows all land."""
+    store = AuditStore(f"sqlite:///{tmp_path / 'audit.db'}", key=KEY)
+    with store.engine.connect() as conn:
+        default = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+    seen: list[int] = []
+    common = store.prepare(
+        caller="cli", route="cli:predict", model_name="m", model_version="1", request_id="r",
+        patients=[(SECRET_ID, record_for(), result())],
+    ).common  # fmt: skip
+    n = BULK_ROWS
+    rows = Prepared(common, [f"{i:064x}" for i in range(n)], ["0" * 64] * n, ["{}"] * n)
+
+    @sa.event.listens_for(store.engine, "before_cursor_execute")
+    def _cache(conn, cursor, statement, *_args) -> None:
+        if statement.startswith("INSERT"):
+            seen.append(conn.exec_driver_sql("PRAGMA cache_size").scalar())
+
+    assert store.write(rows) == n
+    assert seen == [-BULK_CACHE_KIB]
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == default
+        assert conn.exec_driver_sql("SELECT count(*) FROM audit_event").scalar() == n

@@ -166,3 +166,31 @@ def test_a_corrupt_state_is_refused(fitted) -> None:
     broken["model"]["correlation"] = broken["model"]["correlation"][:-1]
     with pytest.raises(ValueError, match="columns"):
         st.check_state(broken)
+
+
+def test_a_patients_distance_is_the_same_to_the_bit_alone_or_in_a_batch(fitted, newcomers) -> None:
+    """Inverses are stacked by pattern size and rows grouped by pattern; neither may change a
+    patient's numbers by who else is in the batch (natural batching relies on it)."""
+    state, _ = fitted
+    z = st.normal_scores(newcomers, state["model"])
+    correlation = np.asarray(state["model"]["correlation"], dtype=float)
+    d2, contrib, df = st.distances(z, correlation)
+    assert len(st.row_patterns(~np.isnan(z))[0]) > 20  # many patterns, several sizes
+    for i in range(0, len(z), 7):
+        alone = st.distances(z[i : i + 1], correlation)
+        assert (
+            alone[0][0] == d2[i]
+            and np.array_equal(alone[1][0], contrib[i])
+            and alone[2][0] == df[i]
+        )
+    np.testing.assert_allclose(contrib.sum(axis=1), d2, rtol=1e-12)
+
+
+def test_row_patterns_group_rows_as_numpy_unique_does() -> None:
+    rng = np.random.default_rng(3)
+    for width in (5, 64, 70):  # the integer code, at its limit, and beyond it
+        mask = rng.random((500, width)) < 0.1
+        mask[:, 0] = rng.random(500) < 0.5
+        patterns, inverse = st.row_patterns(mask)
+        assert np.array_equal(patterns[inverse], mask)
+        assert len(patterns) == len(np.unique(mask, axis=0))
