@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,9 @@ from features.validation import validate_table
 from ketapredict.batch_engine import score_and_audit
 from serving import registry
 from serving.audit import AuditStore
+from serving.batch_results import batch_scores
+from training.config import TrainConfig
+from training.train import train
 
 GOAL_S = 60.0
 GOAL_N = 1_000_000
@@ -110,7 +114,28 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         raise RuntimeError(f"ketapredict predict failed:\n{done.stderr[-2000:]}")
     scored = pd.read_parquet(workdir / "scored.parquet", columns=["probability"])
     out["cli_rows"] = len(scored)
+    if args.lightgbm_rows:
+        out.update(lightgbm_stage(frame.iloc[: args.lightgbm_rows], args.n_train))
     return out
+
+
+def lightgbm_stage(part: pd.DataFrame, n_train: int) -> dict[str, Any]:
+    """`Predictor.score` and `batch_scores` of a LightGBM model (trained here on the same
+    simulated patients as the champion, without internal validation) on one core: what a
+    health system whose champion is LightGBM would see."""
+    lgbm_config = replace(TrainConfig(), candidates=("lightgbm",), validation_folds=0)
+    training = validate_table(simulate_cohort(n_train, sl.TRAIN_SEED), training=True).frame
+    print(f"training a LightGBM model on {n_train:,} patients …", flush=True)
+    lgbm = train(training, lgbm_config, name="lightgbm-bench", synthetic=True).predictor
+    with threadpool_limits(1):
+        score_s, scores = timed(lambda: lgbm.score(part))
+        table_s, _ = timed(lambda: batch_scores(lgbm, part, scores=scores))
+    return {
+        "lightgbm_rows": len(part),
+        "lightgbm_members": len(lgbm.members),
+        "lightgbm_score_s": score_s,
+        "lightgbm_table_s": table_s,
+    }
 
 
 def report(r: dict[str, Any]) -> str:
@@ -144,6 +169,16 @@ def report(r: dict[str, Any]) -> str:
         f"{GOAL_N / rate(r['engine_2_s'], n):.0f} s, CLI {GOAL_N / rate(r['cli_s'], n):.0f} s "
         f"(goal {GOAL_S:.0f} s: engine {GOAL_N / rate(r['engine_2_s'], n) / GOAL_S:.2f}× the goal)",
     ]
+    if "lightgbm_rows" in r:
+        rows = r["lightgbm_rows"]
+        per = (r["lightgbm_score_s"] + r["lightgbm_table_s"]) / rows
+        lines += [
+            "",
+            f"  LightGBM model ({r['lightgbm_members']} bootstrap members), 1 core, "
+            f"{rows:,} rows: score {rows / r['lightgbm_score_s']:,.0f} patients/s, table "
+            f"{rows / r['lightgbm_table_s']:,.0f} patients/s; {GOAL_N:,} patients on "
+            f"{r['cpus']} cores ≈ {GOAL_N * per / r['cpus']:.0f} s before the audit",
+        ]
     return "\n".join(lines)
 
 
@@ -154,6 +189,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--subset", type=int, default=200_000, help="rows for the 1-core stages")
     p.add_argument("--n-train", type=int, default=3000)
     p.add_argument("--json", type=Path, help="also write the figures as JSON")
+    p.add_argument(
+        "--lightgbm-rows",
+        type=int,
+        default=0,
+        help="also time a LightGBM model's score and table on this many rows (0: skip)",
+    )
     return p.parse_args(argv)
 
 

@@ -157,9 +157,9 @@ def scores_frame(predictor: Predictor, frame: pd.DataFrame) -> pd.DataFrame:
             "base_log_odds": s.base_log_odds,
         }
     )
-    blocks = predictor.applicability(frame)
-    out["typical"] = [b["typical"] for b in blocks]
-    out["typicality_percentile"] = [b["typicality_percentile"] for b in blocks]
+    app = typ.applicability_columns(frame, predictor.reference, predictor.typicality)
+    out["typical"] = app.typical.astype(bool)
+    out["typicality_percentile"] = app.percentile
     shap_cols = pd.DataFrame(s.contributions, columns=[f"shap__{n}" for n in tf.FACTOR_NAMES])
     return pd.concat([out, shap_cols], axis=1)
 
