@@ -3,9 +3,11 @@
 A validated table is cut into chunks; each chunk is scored (`serving.batch_results.batch_scores`,
 explanations included) and its audit rows are prepared (keyed hashes, output summaries) in a
 worker process, so the CPU-heavy parts run on every core. The parent commits each chunk's audit
-rows, in chunk order, before it keeps that chunk's results, and writes the output file only
-after every row is audited: an answer may go unwritten, but never unaudited. Worker processes
-are forked after the model and the table are loaded, so they share them instead of copying.
+rows, in chunk order, before it hands on that chunk's results; the CLI streams them into a
+temporary file and moves it into place only after every row is audited: an answer may go
+unwritten, but never unaudited, and memory holds a few chunks, not the whole output. Worker
+processes are forked after the model and the table are loaded, so they share them instead of
+copying.
 """
 
 from __future__ import annotations
@@ -83,6 +85,28 @@ def _results(job: Job, jobs: int, size: int) -> Iterator[tuple[pd.DataFrame, Pre
         _JOB = None
 
 
+def scored_chunks(
+    predictor: Predictor,
+    frame: pd.DataFrame,
+    store: AuditStore,
+    *,
+    caller: str,
+    route: str = "cli:predict",
+    jobs: int = 1,
+    chunk_rows: int = CHUNK_ROWS,
+) -> Iterator[pd.DataFrame]:
+    """The output table of a validated frame, a chunk at a time, in row order; each chunk is
+    yielded only after its audit rows are committed.
+
+    Raises `AuditUnavailable` when the store cannot commit a chunk; the chunks committed
+    before it stay in the log, which is the truth: they were scored.
+    """
+    job = Job(predictor, frame, store, caller, route, str(uuid.uuid4()))
+    for table, rows in _results(job, jobs, chunk_rows):
+        store.write(rows, request_id=job.request_id)
+        yield table
+
+
 def score_and_audit(
     predictor: Predictor,
     frame: pd.DataFrame,
@@ -93,16 +117,12 @@ def score_and_audit(
     jobs: int = 1,
     chunk_rows: int = CHUNK_ROWS,
 ) -> pd.DataFrame:
-    """The output table for a validated frame; every row is audited before this returns.
-
-    Raises `AuditUnavailable` (nothing returned) when the store cannot commit a chunk; the
-    chunks committed before it stay in the log, which is the truth: they were scored.
-    """
-    job = Job(predictor, frame, store, caller, route, str(uuid.uuid4()))
-    tables = []
-    for table, rows in _results(job, jobs, chunk_rows):
-        store.write(rows, request_id=job.request_id)
-        tables.append(table)
+    """`scored_chunks` as one table; every row is audited before this returns."""
+    tables = list(
+        scored_chunks(
+            predictor, frame, store, caller=caller, route=route, jobs=jobs, chunk_rows=chunk_rows
+        )
+    )
     if not tables:
         return pd.DataFrame()
     return pd.concat(tables, ignore_index=True)

@@ -139,8 +139,8 @@ def _predict(args: argparse.Namespace) -> int:
     import getpass
 
     from features.validation import validate_table
-    from ketapredict.batch_engine import score_and_audit
-    from ketapredict.tables import read_table, write_table
+    from ketapredict.batch_engine import scored_chunks
+    from ketapredict.tables import read_table, write_table_chunks
     from serving import registry
     from serving.auditing import open_store
 
@@ -152,13 +152,13 @@ def _predict(args: argparse.Namespace) -> int:
     predictor = registry.load_predictor(args.model)
     _ensure_audit_env()
     store = open_store()
-    # every chunk is audited before its results are kept; the file is written after them all
-    table = score_and_audit(
+    # every chunk is audited before it is written; the file appears after them all
+    chunks = scored_chunks(
         predictor, validated.frame, store, caller=f"cli:{getpass.getuser()}", jobs=args.jobs
     )
-    write_table(table, args.out)
+    written = write_table_chunks(chunks, args.out)
     print(
-        f"scored {len(table)} patients with {predictor.metadata['name']} version "
+        f"scored {written} patients with {predictor.metadata['name']} version "
         f"{predictor.metadata['version']} -> {args.out}"
     )
     return EXIT_OK

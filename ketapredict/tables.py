@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from features.validation import reader_dtypes
 
@@ -33,21 +36,43 @@ def read_table(path: Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def write_table(frame: pd.DataFrame, path: Path) -> None:
-    """Write atomically: a reader never sees a partial file, and a failure leaves none behind."""
+def write_table_chunks(chunks: Iterable[pd.DataFrame], path: Path) -> int:
+    """Write tables with equal columns as one file, atomically, holding one at a time.
+
+    Parquet gets a row group per chunk with the first chunk's schema (a later chunk that does
+    not fit it is an error, not a conversion); CSV gets one header. The file appears under
+    `path` only after the last chunk, so a failure midway leaves the old file, or none.
+    Returns the number of rows written.
+    """
     suffix = _check_suffix(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=suffix, prefix=".tmp-")
     os.close(fd)
+    rows = 0
+    writer: pq.ParquetWriter | None = None
     try:
-        if suffix == ".csv":
-            frame.to_csv(tmp, index=False)
-        else:
-            frame.to_parquet(tmp, index=False)
+        for i, chunk in enumerate(chunks):
+            if suffix == ".csv":
+                chunk.to_csv(tmp, index=False, mode="w" if i == 0 else "a", header=i == 0)
+            else:
+                table = pa.Table.from_pandas(
+                    chunk, schema=writer.schema if writer else None, preserve_index=False
+                )
+                writer = writer or pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table)
+            rows += len(chunk)
+        if writer is not None:
+            writer.close()
+            writer = None
+        elif suffix == ".parquet":  # no chunk at all: still a readable, empty file
+            pd.DataFrame().to_parquet(tmp, index=False)
         os.replace(tmp, path)
     except BaseException:
+        if writer is not None:
+            writer.close()
         Path(tmp).unlink(missing_ok=True)
         raise
+    return rows
 
 
 def file_sha256(path: Path) -> str:
