@@ -137,6 +137,7 @@ def _predict(args: argparse.Namespace) -> int:
     if args.engine == "spark":
         return _predict_spark(args)
     import getpass
+    from concurrent.futures import ThreadPoolExecutor
 
     from features.validation import validate_table
     from ketapredict.batch_engine import scored_chunks
@@ -145,11 +146,16 @@ def _predict(args: argparse.Namespace) -> int:
     from serving.auditing import open_store
 
     args.data, args.out = Path(args.data), Path(args.out)
-    validated = validate_table(read_table(args.data))
+    registry.configure_uri_only()
+    with ThreadPoolExecutor(max_workers=1) as loader:
+        # the model loads (registry lookup, artifact copy, parsing) while the table is read
+        # and checked: a few seconds of a population run; bad input still fails before any
+        # patient is scored
+        model = loader.submit(registry.load_predictor, args.model)
+        validated = validate_table(read_table(args.data))
+        predictor = model.result()
     for w in validated.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    registry.configure_uri_only()
-    predictor = registry.load_predictor(args.model)
     _ensure_audit_env()
     store = open_store()
     # every chunk is audited before it is written; the file appears after them all
