@@ -105,24 +105,3 @@ def scored_chunks(
     for table, rows in _results(job, jobs, chunk_rows):
         store.write(rows, request_id=job.request_id)
         yield table
-
-
-def score_and_audit(
-    predictor: Predictor,
-    frame: pd.DataFrame,
-    store: AuditStore,
-    *,
-    caller: str,
-    route: str = "cli:predict",
-    jobs: int = 1,
-    chunk_rows: int = CHUNK_ROWS,
-) -> pd.DataFrame:
-    """`scored_chunks` as one table; every row is audited before this returns."""
-    tables = list(
-        scored_chunks(
-            predictor, frame, store, caller=caller, route=route, jobs=jobs, chunk_rows=chunk_rows
-        )
-    )
-    if not tables:
-        return pd.DataFrame()
-    return pd.concat(tables, ignore_index=True)

@@ -11,7 +11,7 @@ import pytest
 from features.schema import INPUT_FIELDS
 from features.simulate import simulate_cohort
 from features.validation import validate_table
-from ketapredict.batch_engine import score_and_audit
+from ketapredict.batch_engine import scored_chunks
 from serving.audit import AuditStore, AuditUnavailable
 from serving.audit.keys import patient_hash
 from serving.predictor import Predictor
@@ -35,7 +35,9 @@ def test_chunks_in_workers_equal_one_pass_and_every_patient_is_audited(
     predictor, frame: pd.DataFrame, tmp_path: Path, jobs: int
 ) -> None:
     store = AuditStore(f"sqlite:///{tmp_path / 'audit.db'}", key=KEY)
-    out = score_and_audit(predictor, frame, store, caller="test", jobs=jobs, chunk_rows=300)
+    chunks = list(scored_chunks(predictor, frame, store, caller="test", jobs=jobs, chunk_rows=300))
+    assert [len(c) for c in chunks] == [300, 300, 300, 100]
+    out = pd.concat(chunks, ignore_index=True)
     pd.testing.assert_frame_equal(out, batch_table(predictor, frame))
     rows = store.rows(datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
     assert len(rows) == len(frame)
@@ -53,4 +55,4 @@ def test_an_unwritable_store_stops_the_batch_before_any_result(
     (tmp_path / "audit.db").unlink()
     (tmp_path / "audit.db").mkdir()  # the database file is now a directory: writes fail
     with pytest.raises(AuditUnavailable):
-        score_and_audit(predictor, frame, store, caller="test", jobs=1, chunk_rows=300)
+        list(scored_chunks(predictor, frame, store, caller="test", jobs=1, chunk_rows=300))
