@@ -21,7 +21,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from serving.audit import AuditStore
-from serving.audit.store import Prepared
+from serving.audit.rows import Prepared
 from serving.batch_results import batch_scores
 from serving.predictor import Predictor
 from serving.results import model_info

@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from features.validation import InvalidInput, validate_records
 from serving.audit import AuditStore, AuditUnavailable
-from serving.audit.store import Prepared
+from serving.audit.rows import Prepared
 from serving.predictor import Predictor
 from serving.results import explain, model_info
 

@@ -40,8 +40,9 @@ from serving.audit import (
     patient_hash,
     upgrade,
 )
+from serving.audit.engine import BULK_CACHE_KIB, BULK_ROWS
 from serving.audit.keys import input_hashes, output_summary_texts, patient_hashes
-from serving.audit.store import BULK_CACHE_KIB, BULK_ROWS, Prepared
+from serving.audit.rows import Prepared
 from serving.audit_export import (
     PATIENT_KEY_SYSTEM,
     audit_events,
