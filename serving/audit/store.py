@@ -26,7 +26,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict, Unpack
 
 import pandas as pd
 import sqlalchemy as sa
@@ -67,6 +67,23 @@ _LABEL = re.compile(r"[\x21-\x7e]+")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]*\.")
 #: `caller` is `Caller.label` from serving/auth.py: "token:<digest>" or "cds:<issuer URL>".
 _LIMITS = {"caller": 255, "route": 64, "model_name": 128, "model_version": 64, "request_id": 128}
+
+
+class Labels(TypedDict):
+    """What every row of one write shares: who asked, on which route, with which model, under
+    which request id, and when (now, unless given)."""
+
+    caller: str
+    route: str
+    model_name: str
+    model_version: str
+    request_id: str
+    occurred_at: NotRequired[datetime | None]
+
+
+_LABEL_KEYS = frozenset(Labels.__annotations__)
+#: Not `Labels.__required_keys__`: with postponed annotations 3.11 counts `occurred_at` in it.
+_REQUIRED_LABELS = _LABEL_KEYS - {"occurred_at"}
 
 
 class AuditUnavailable(RuntimeError):
@@ -140,32 +157,32 @@ class AuditStore:
             else None
         )
 
-    def record(self, **prepare_args: Any) -> int:
-        """Write one row per (patient id, input record, result) in ONE transaction.
-
-        Takes `prepare`'s arguments; `result` may be a full `explain()` item: `output_summary`
-        keeps only the whitelist. Returns the number of rows written, after the commit.
-        """
-        rows = self.prepare(**prepare_args)
-        return self.write(rows, request_id=prepare_args.get("request_id", ""))
-
-    def _common(
+    def record(
         self,
         *,
-        caller: str,
-        route: str,
-        model_name: str,
-        model_version: str,
-        request_id: str,
-        occurred_at: datetime | None,
-    ) -> dict[str, Any]:
+        patients: Iterable[tuple[str, Mapping[str, Any], Mapping[str, Any]]],
+        **labels: Unpack[Labels],
+    ) -> int:
+        """Write one row per (patient id, input record, result) in ONE transaction.
+
+        `result` may be a full `explain()` item: `output_summary` keeps only the whitelist.
+        Returns the number of rows written, after the commit.
+        """
+        rows = self.prepare(patients=patients, **labels)
+        return self.write(rows, request_id=labels["request_id"])
+
+    def _common(self, labels: Labels) -> dict[str, Any]:
+        missing, unknown = _REQUIRED_LABELS - labels.keys(), labels.keys() - _LABEL_KEYS
+        if missing or unknown:  # what a signature would refuse, refused as a signature would
+            raise TypeError(f"audit labels: missing {sorted(missing)}, unknown {sorted(unknown)}")
+        occurred_at = labels.get("occurred_at")
         return {
             "occurred_at": _aware(occurred_at or datetime.now(UTC), "occurred_at"),
-            "request_id": _label("request_id", request_id),
-            "caller": _label("caller", caller),
-            "route": _label("route", route),
-            "model_name": _label("model_name", model_name),
-            "model_version": _label("model_version", model_version or "unversioned"),
+            "request_id": _label("request_id", labels["request_id"]),
+            "caller": _label("caller", labels["caller"]),
+            "route": _label("route", labels["route"]),
+            "model_name": _label("model_name", labels["model_name"]),
+            "model_version": _label("model_version", labels["model_version"] or "unversioned"),
             "key_id": self.key_id,
             "outcome": OUTCOME_ANSWERED,
         }
@@ -173,27 +190,15 @@ class AuditStore:
     def prepare(
         self,
         *,
-        caller: str,
-        route: str,
-        model_name: str,
-        model_version: str,
-        request_id: str,
         patients: Iterable[tuple[str, Mapping[str, Any], Mapping[str, Any]]],
-        occurred_at: datetime | None = None,
+        **labels: Unpack[Labels],
     ) -> Prepared:
         """The rows `record` would write, hashed and summarised, without touching the database.
 
         Pure given the key, so rows can be prepared wherever the patients are and written by
         one process; the patient ids and records go no further than this call.
         """
-        common = self._common(
-            caller=caller,
-            route=route,
-            model_name=model_name,
-            model_version=model_version,
-            request_id=request_id,
-            occurred_at=occurred_at,
-        )
+        common = self._common(labels)
         ids, hashes, outputs = [], [], []
         for i, (patient_id, record, result) in enumerate(patients):
             try:
@@ -205,16 +210,7 @@ class AuditStore:
         return Prepared(common, patient_hashes(ids, self._key), hashes, outputs)
 
     def prepare_table(
-        self,
-        *,
-        caller: str,
-        route: str,
-        model_name: str,
-        model_version: str,
-        request_id: str,
-        frame: pd.DataFrame,
-        outputs: Sequence[str],
-        occurred_at: datetime | None = None,
+        self, *, frame: pd.DataFrame, outputs: Sequence[str], **labels: Unpack[Labels]
     ) -> Prepared:
         """`prepare` for a validated frame, its rows' inputs hashed column by column.
 
@@ -223,14 +219,7 @@ class AuditStore:
         """
         if len(outputs) != len(frame):
             raise ValueError(f"{len(outputs)} output summaries for {len(frame)} patients")
-        common = self._common(
-            caller=caller,
-            route=route,
-            model_name=model_name,
-            model_version=model_version,
-            request_id=request_id,
-            occurred_at=occurred_at,
-        )
+        common = self._common(labels)
         ids = frame[ID_FIELD].astype(str).tolist()
         return Prepared(common, patient_hashes(ids, self._key), input_hashes(frame), outputs)
 

@@ -499,3 +499,12 @@ def test_a_bulk_write_gets_a_large_page_cache_and_gives_it_back(tmp_path: Path) 
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == default
         assert conn.exec_driver_sql("SELECT count(*) FROM audit_event").scalar() == n
+
+
+def test_missing_or_unknown_labels_are_refused_like_a_signature_would(store: AuditStore) -> None:
+    labels = {"caller": "cli", "route": "r", "model_name": "m", "model_version": "1"}
+    patients = [(SECRET_ID, record_for(), result())]
+    with pytest.raises(TypeError, match=r"missing \['request_id'\], unknown \[\]"):
+        store.record(patients=patients, **labels)
+    with pytest.raises(TypeError, match=r"unknown \['callr'\]"):
+        store.record(patients=patients, **labels, request_id="q", callr="x")
