@@ -45,7 +45,7 @@ def batch_scores(
     scores = scores or predictor.score(frame)
     n = len(frame)
     app = typ.applicability_columns(frame, predictor.reference, predictor.typicality)
-    rules, eligibility, reasons_json = _eligibility(frame)
+    verdicts, eligibility, reasons_json = _eligibility(frame)
     simple = app.typical & np.array([not o for o in app.outside], dtype=bool)
     warnings, warnings_json, applicability_json = _warnings_and_applicability(
         predictor, frame, app, simple
@@ -84,8 +84,10 @@ def batch_scores(
     # patients alike in eligibility rules and missingness (and nothing unusual) share the
     # non-numeric part of their audit summary
     alike: list[Hashable] = [
-        (rules, p) if s else ("patient", i)
-        for i, (rules, p, s) in enumerate(zip(rules, app.pattern.tolist(), simple, strict=True))
+        (verdict, p) if s else ("patient", i)
+        for i, (verdict, p, s) in enumerate(
+            zip(verdicts, app.pattern.tolist(), simple, strict=True)
+        )
     ]
     outputs = output_summary_texts(
         scores.probability, (scores.lower, scores.upper), bands, eligibility, warnings, alike
