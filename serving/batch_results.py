@@ -23,10 +23,17 @@ from features import safety
 from features import transform as tf
 from features.schema import BY_NAME, ID_FIELD, PREDICTORS
 from serving import typicality as typ
-from serving.applicability import missing_input_warnings, warnings_for
+from serving.applicability import missing_input_warnings
 from serving.audit.keys import output_summary_texts
 from serving.predictor import Predictor, Scores
-from serving.results import RISK_BANDS, TOP_FACTORS, eligibility_dict, model_info, value_cell
+from serving.results import (
+    RISK_BANDS,
+    TOP_FACTORS,
+    eligibility_dict,
+    model_info,
+    patient_warnings,
+    value_cell,
+)
 
 _PERCENTILE_MARK = "\x00typicality_percentile\x00"
 _OPTIONAL = np.array([not f.required for f in PREDICTORS])
@@ -44,7 +51,7 @@ def batch_scores(
     (`serving.audit.keys.output_summary_texts`, for `AuditStore.prepare_table`)."""
     scores = scores or predictor.score(frame)
     n = len(frame)
-    app = typ.applicability_columns(frame, predictor.reference, predictor.typicality)
+    app = predictor.applicability_columns(frame)
     verdicts, eligibility, reasons_json = _eligibility(frame)
     simple = app.typical & np.array([not o for o in app.outside], dtype=bool)
     warnings, warnings_json, applicability_json = _warnings_and_applicability(
@@ -149,11 +156,10 @@ def _warnings_and_applicability(
     others = np.flatnonzero(~simple)
     if len(others):
         blocks = [app.block(i) for i in others.tolist()]
-        outside = [b["outside_training_support"] for b in blocks]
-        found = warnings_for(frame.iloc[others], predictor.reference, outside)
+        found = patient_warnings(predictor, frame.iloc[others], blocks)
         for i, block, w in zip(others.tolist(), blocks, found, strict=True):
-            warnings[i] = w + typ.warnings_from(block)
-            warnings_json[i] = json.dumps(warnings[i])
+            warnings[i] = w
+            warnings_json[i] = json.dumps(w)
             applicability_json[i] = json.dumps(block)
     return warnings, warnings_json, applicability_json
 

@@ -132,6 +132,10 @@ class Predictor:
         """Per patient: how typical, what is outside the training data, unseen missingness."""
         return typ.applicability(frame, self.reference, self.typicality)
 
+    def applicability_columns(self, frame: pd.DataFrame) -> typ.Applicability:
+        """`applicability` as columns, for batches that need its JSON rather than dicts."""
+        return typ.applicability_columns(frame, self.reference, self.typicality)
+
     # ---------------------------------------------------------------- persistence
     def save(self, path: Path) -> None:
         """Write the artifact directory (plain text files only)."""

@@ -120,12 +120,19 @@ def _assessments(
     """
     eligibility = [eligibility_dict(e) for e in safety.assess_frame(frame)]
     blocks = predictor.applicability(frame)
+    return eligibility, blocks, patient_warnings(predictor, frame, blocks)
+
+
+def patient_warnings(
+    predictor: Predictor, frame: pd.DataFrame, blocks: list[dict[str, Any]]
+) -> list[list[dict[str, Any]]]:
+    """Per patient of `frame`: missing-input and outside-training-data warnings, then those its
+    applicability block (`blocks[i]`) gives: atypical patient, unseen missingness pattern."""
     outside = [b["outside_training_support"] for b in blocks]
-    warnings = [
+    return [
         w + typ.warnings_from(b)
         for w, b in zip(warnings_for(frame, predictor.reference, outside), blocks, strict=True)
     ]
-    return eligibility, blocks, warnings
 
 
 def eligibility_dict(e: safety.Eligibility) -> dict[str, Any]:
@@ -157,7 +164,7 @@ def scores_frame(predictor: Predictor, frame: pd.DataFrame) -> pd.DataFrame:
             "base_log_odds": s.base_log_odds,
         }
     )
-    app = typ.applicability_columns(frame, predictor.reference, predictor.typicality)
+    app = predictor.applicability_columns(frame)
     out["typical"] = app.typical.astype(bool)
     out["typicality_percentile"] = app.percentile
     shap_cols = pd.DataFrame(s.contributions, columns=[f"shap__{n}" for n in tf.FACTOR_NAMES])
