@@ -55,9 +55,7 @@ def write_table_chunks(chunks: Iterable[pd.DataFrame], path: Path) -> int:
             if suffix == ".csv":
                 chunk.to_csv(tmp, index=False, mode="w" if i == 0 else "a", header=i == 0)
             else:
-                table = pa.Table.from_pandas(
-                    chunk, schema=writer.schema if writer else None, preserve_index=False
-                )
+                table = _arrow(chunk, writer.schema if writer else None, i)
                 writer = writer or pq.ParquetWriter(tmp, table.schema)
                 writer.write_table(table)
             rows += len(chunk)
@@ -73,6 +71,28 @@ def write_table_chunks(chunks: Iterable[pd.DataFrame], path: Path) -> int:
         Path(tmp).unlink(missing_ok=True)
         raise
     return rows
+
+
+def _arrow(chunk: pd.DataFrame, schema: pa.Schema | None, i: int) -> pa.Table:
+    """The chunk as Arrow, in the first chunk's schema; a mismatch names the column and types.
+
+    Arrow's own message quotes the cell it could not convert, and the output table holds
+    patient ids and factor values, which must not reach an error message.
+    """
+    try:
+        return pa.Table.from_pandas(chunk, schema=schema, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        if schema is None:
+            raise ValueError(f"output chunk {i + 1} cannot be stored as Parquet") from None
+        for field in schema:
+            try:
+                pa.array(chunk[field.name], type=field.type, from_pandas=True)
+            except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError):
+                raise ValueError(
+                    f"output chunk {i + 1}: column {field.name!r} does not fit the first "
+                    f"chunk's type {field.type}"
+                ) from None
+        raise ValueError(f"output chunk {i + 1} does not fit the first chunk's columns") from None
 
 
 def file_sha256(path: Path) -> str:
